@@ -1,0 +1,173 @@
+"""Model configs: small frozen dataclasses, one per module family, and the presets.
+
+Each module receives only its own config. `from_dict` turns a (nested) dict or ConfigDict
+into the right dataclass, so configs/*.py can stay plain ml_collections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """A CLIP or SigLIP vision tower."""
+
+    family: str = "clip"  # "clip": class token, pre-LN, quick-GELU; "siglip": no class token, tanh-GELU
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    norm_eps: float = 1e-5
+    use_head: bool = False  # SigLIP's attention-pooling (MAP) head
+    dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.family not in ("clip", "siglip"):
+            raise ValueError(f"ViTConfig.family must be 'clip' or 'siglip', got {self.family!r}")
+        if self.image_size < self.patch_size:
+            raise ValueError(f"image_size {self.image_size} < patch_size {self.patch_size}")
+        if self.width % self.heads:
+            raise ValueError(f"ViT width {self.width} is not divisible by heads {self.heads}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def class_token(self) -> bool:
+        return self.family == "clip"
+
+    @property
+    def num_positions(self) -> int:
+        return self.grid**2 + int(self.class_token)
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+    """A Llama / Qwen2-family decoder."""
+
+    family: str = "llama"  # "llama" or "qwen2": only names the HF architecture
+    vocab_size: int = 32000
+    width: int = 4096
+    depth: int = 32
+    heads: int = 32
+    kv_heads: int = 32
+    mlp_dim: int = 11008
+    head_dim: int | None = None  # default width // heads
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    max_len: int = 4096
+    dtype: str = "float32"
+    attention_impl: str = "xla"  # "xla" or "cudnn" / "pallas" where available
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.family not in ("llama", "qwen2"):
+            raise ValueError(f"LLMConfig.family must be 'llama' or 'qwen2', got {self.family!r}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads {self.heads} is not a multiple of kv_heads {self.kv_heads}")
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.width // self.heads
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressorConfig:
+    """Which token compressor sits between the vision tower and the projector."""
+
+    name: str = "identity"  # identity | avgpool | resampler | tokenpacker | quecc
+    num_tokens: int | None = None  # V; None means every patch (no compression)
+    feature_layers: tuple[int, ...] = (12, 16, 22, 23)  # hidden states for QueCC keys/values
+    use_text_query: bool = True
+    heads: int = 8
+    norm_eps: float = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class VLMConfig:
+    """A LLaVA-style VLM: vision tower -> compressor -> projector -> LLM."""
+
+    vision: ViTConfig = dataclasses.field(default_factory=ViTConfig)
+    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+    compressor: CompressorConfig = dataclasses.field(default_factory=CompressorConfig)
+    projector: str = "mlp2x_gelu"
+    projector_bias: bool = True
+    vision_feature_layer: int | tuple[int, ...] = -2  # hidden_states index (or several, concat)
+    vision_feature_select: str = "default"  # "default" drops the first token, "full" keeps it
+    image_token_id: int = 32000
+
+    def __post_init__(self):
+        if self.vision_feature_select not in ("default", "full"):
+            raise ValueError("vision_feature_select must be 'default' or 'full', got "
+                             f"{self.vision_feature_select!r}")
+        if self.projector != "mlp2x_gelu":
+            raise ValueError(f"unknown projector {self.projector!r}; known: ['mlp2x_gelu']")
+
+    @property
+    def num_patches(self) -> int:
+        """Tokens the selected vision features have, before compression."""
+        n = self.vision.num_positions
+        return n - 1 if self.vision_feature_select == "default" else n
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """V: visual tokens per image that reach the LLM."""
+        return self.compressor.num_tokens or self.num_patches
+
+
+_CLASSES = {"vision": ViTConfig, "llm": LLMConfig, "compressor": CompressorConfig}
+
+
+def _make(cls, d: dict[str, Any], where: str):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in {where} ({cls.__name__}); "
+                         f"known: {sorted(fields)}")
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**kw)
+
+
+def from_dict(d: Any) -> ViTConfig | LLMConfig | VLMConfig:
+    """A config dataclass from a dict / ConfigDict / dataclass / preset name.
+
+    A dict with `vision` and `llm` is a VLM; otherwise `kind` ('vision' | 'llm') says which.
+    """
+    if dataclasses.is_dataclass(d):
+        return d
+    if isinstance(d, str):
+        from vlm_jax.models import presets
+        return presets.get(d)
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    if "vision" in d and "llm" in d:
+        sub = {}
+        for key, cls in _CLASSES.items():
+            v = d.pop(key, {})
+            if isinstance(v, str):
+                from vlm_jax.models import presets
+                v = presets.get(v)
+            sub[key] = v if dataclasses.is_dataclass(v) else _make(cls, dict(v), f"model.{key}")
+        cfg = _make(VLMConfig, d, "model")
+        return dataclasses.replace(cfg, **sub)
+    kind = d.pop("kind", None)
+    if kind not in _CLASSES or kind == "compressor":
+        raise ValueError(f"model config needs `vision` and `llm`, or kind='vision'|'llm'; got "
+                         f"keys {sorted(d)} with kind={kind!r}")
+    return _make(_CLASSES[kind], d, "model")
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (JSON-friendly); `from_dict` inverts it."""
+    d = dataclasses.asdict(cfg)
+    kind = {ViTConfig: "vision", LLMConfig: "llm"}.get(type(cfg))
+    return {"kind": kind, **d} if kind else d

@@ -1,0 +1,126 @@
+"""Building blocks shared by the vision tower, the LLM and the compressors.
+
+Parameters are created float32 and carry logical axis names; compute runs in the module's
+dtype. Names of submodules follow Hugging Face so the interop tables stay one-to-one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Axes = tuple[str | None, ...]
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "silu": jax.nn.silu,
+}
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    """`"float32"` / `"bfloat16"` -> a jnp dtype, with a clear error otherwise."""
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unsupported compute dtype {name!r}; use float32, bfloat16 or float16")
+    return jnp.dtype(name)
+
+
+def dense(features: int, axes: Axes, *, use_bias: bool = True, dtype=jnp.float32,
+          name: str | None = None, init_std: float = 0.02) -> nn.Dense:
+    """A Dense layer whose kernel `[in, out]` carries logical `axes` (its bias, `axes[-1]`)."""
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)))
+
+
+def layer_norm(eps: float, dtype=jnp.float32, name: str | None = None,
+               axis_name: str = "norm") -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis_name,)))
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm: statistics in float32, result cast back. `[..., D] -> [..., D]`."""
+
+    eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        weight = self.param("weight", nn.with_logical_partitioning(
+            nn.initializers.ones_init(), ("norm",)), (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return weight.astype(self.dtype) * x32.astype(self.dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, half-split layout (HF `rotate_half`).
+
+    x: `[B, L, H, Dh]`, positions: `[B, L]` int (kept through pruning) -> `[B, L, H, Dh]`.
+    """
+    dh = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, Dh/2]
+    cos = jnp.cos(freqs)[:, :, None, :]
+    sin = jnp.sin(freqs)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Softmax attention probabilities with grouped heads.
+
+    q: `[B, Lq, KV, G, Dh]`, k: `[B, Lk, KV, Dh]`, mask: `[B, Lq, Lk]` bool (True = attend)
+    -> `[B, KV, G, Lq, Lk]` float32.
+    """
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
+    if mask is not None:
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+              impl: str = "xla") -> jax.Array:
+    """Multi-head / grouped-query attention.
+
+    q: `[B, Lq, H, Dh]`, k, v: `[B, Lk, KV, Dh]`, mask: `[B, Lq, Lk]` bool -> `[B, Lq, H, Dh]`.
+    `impl="xla"` is plain einsum + softmax; other values go to `jax.nn.dot_product_attention`
+    (e.g. "cudnn" on GPU).
+    """
+    b, lq, h, dh = q.shape
+    kv = k.shape[2]
+    if impl != "xla":
+        m = None if mask is None else mask[:, None]
+        return jax.nn.dot_product_attention(q, k, v, mask=m, implementation=impl)
+    qg = q.reshape(b, lq, kv, h // kv, dh)
+    probs = attention_weights(qg, k, mask).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, lq, h, dh)
+
+
+def causal_mask(valid: jax.Array) -> jax.Array:
+    """`[B, L]` bool valid tokens -> `[B, L, L]` causal mask that also hides padded keys."""
+    n = valid.shape[1]
+    causal = jnp.tril(jnp.ones((n, n), dtype=bool))
+    return causal[None] & valid[:, None, :]
+
+
+def select_layers(hidden_states: Sequence[jax.Array], layers: int | Sequence[int]) -> jax.Array:
+    """Hidden states at HF-style indices (negative counts from the end), concatenated on channels."""
+    if isinstance(layers, int):
+        return hidden_states[layers]
+    n = len(hidden_states)
+    for i in layers:
+        if not -n <= i < n:
+            raise ValueError(f"feature layer {i} out of range for {n} hidden states")
+    return jnp.concatenate([hidden_states[i] for i in layers], axis=-1)

@@ -1,0 +1,80 @@
+"""Size presets for the families the research uses, plus tiny ones for tests and CPU runs.
+
+`get(name)` returns a config dataclass; `NAMES` lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vlm_jax.models.config import CompressorConfig, LLMConfig, ViTConfig, VLMConfig
+
+_QWEN = dict(family="qwen2", qkv_bias=True, rope_theta=1e6, norm_eps=1e-6, max_len=32768)
+_QWEN15 = dict(_QWEN, vocab_size=151936)
+_LLAMA2 = dict(family="llama", vocab_size=32000, rope_theta=1e4, norm_eps=1e-5, max_len=4096)
+
+VISION: dict[str, ViTConfig] = {
+    "clip-l/14-336": ViTConfig("clip", 336, 14, 1024, 24, 16, 4096, 1e-5),
+    "clip-b/16-224": ViTConfig("clip", 224, 16, 768, 12, 12, 3072, 1e-5),
+    "siglip-so400m/14-384": ViTConfig("siglip", 384, 14, 1152, 27, 16, 4304, 1e-6, use_head=True),
+    # Tiny towers: tests and CPU sweeps.
+    "clip-tiny": ViTConfig("clip", 32, 8, 32, 2, 4, 64, 1e-5),
+    "siglip-tiny": ViTConfig("siglip", 32, 8, 32, 2, 4, 64, 1e-6, use_head=True),
+}
+
+LLM: dict[str, LLMConfig] = {
+    "qwen1.5-0.5b": LLMConfig(**_QWEN15, width=1024, depth=24, heads=16, kv_heads=16,
+                              mlp_dim=2816, tie_embeddings=True),
+    "qwen1.5-1.8b": LLMConfig(**_QWEN15, width=2048, depth=24, heads=16, kv_heads=16,
+                              mlp_dim=5504),
+    "qwen1.5-4b": LLMConfig(**dict(_QWEN15, rope_theta=5e6), width=2560, depth=40, heads=20,
+                            kv_heads=20, mlp_dim=6912),
+    "qwen1.5-7b": LLMConfig(**_QWEN15, width=4096, depth=32, heads=32, kv_heads=32,
+                            mlp_dim=11008),
+    "qwen1.5-14b": LLMConfig(**dict(_QWEN15, vocab_size=152064), width=5120, depth=40, heads=40,
+                             kv_heads=40, mlp_dim=13696),
+    "qwen2-0.5b": LLMConfig(**_QWEN15, width=896, depth=24, heads=14, kv_heads=2, mlp_dim=4864,
+                            tie_embeddings=True),
+    "qwen2-1.5b": LLMConfig(**_QWEN15, width=1536, depth=28, heads=12, kv_heads=2, mlp_dim=8960,
+                            tie_embeddings=True),
+    "qwen2-7b": LLMConfig(**dict(_QWEN15, vocab_size=152064), width=3584, depth=28, heads=28,
+                          kv_heads=4, mlp_dim=18944),
+    "llama2-7b": LLMConfig(**_LLAMA2, width=4096, depth=32, heads=32, kv_heads=32, mlp_dim=11008),
+    "vicuna-7b": LLMConfig(**_LLAMA2, width=4096, depth=32, heads=32, kv_heads=32, mlp_dim=11008),
+    # Tiny decoders: tests and CPU sweeps.
+    "llama-tiny": LLMConfig(family="llama", vocab_size=128, width=32, depth=2, heads=4, kv_heads=2,
+                            mlp_dim=64, max_len=512),
+    "qwen2-tiny": LLMConfig(**dict(_QWEN, max_len=512), vocab_size=128, width=32, depth=2, heads=4,
+                            kv_heads=2, mlp_dim=64, tie_embeddings=True),
+}
+
+
+def llava(vision: str, llm: str, num_tokens: int | None = None, compressor: str = "identity",
+          **overrides) -> VLMConfig:
+    """A LLaVA-1.5-style VLM from a vision preset and an LLM preset.
+
+    The image placeholder id is the first id past the LLM vocabulary, as llava-hf does; the
+    embedding table is grown by one row to hold it.
+    """
+    v, lm = VISION[vision], LLM[llm]
+    lm = dataclasses.replace(lm, vocab_size=lm.vocab_size + 1)
+    comp = CompressorConfig(name=compressor, num_tokens=num_tokens)
+    return VLMConfig(vision=v, llm=lm, compressor=comp, image_token_id=lm.vocab_size - 1,
+                     **overrides)
+
+
+VLM: dict[str, VLMConfig] = {
+    "llava-1.5-7b": llava("clip-l/14-336", "vicuna-7b"),
+    "llava-clip-qwen1.5-0.5b": llava("clip-l/14-336", "qwen1.5-0.5b"),
+    "llava-tiny": llava("clip-tiny", "qwen2-tiny"),
+}
+
+NAMES = sorted([*VISION, *LLM, *VLM])
+
+
+def get(name: str) -> ViTConfig | LLMConfig | VLMConfig:
+    """The preset config called `name`."""
+    for table in (VISION, LLM, VLM):
+        if name in table:
+            return table[name]
+    raise ValueError(f"unknown model preset {name!r}; known: {NAMES}")
