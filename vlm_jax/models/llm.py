@@ -40,13 +40,15 @@ def init_cache(cfg: LLMConfig, batch: int, sizes: int | list[int], dtype=None) -
 class Attention(nn.Module):
     """Rotary grouped-query self-attention, optionally reading/writing a layer cache.
 
-    x: `[B, L, D]`, positions, valid: `[B, L]` -> (`[B, L, D]`, new cache or None).
+    x: `[B, L, D]`, positions, valid: `[B, L]` -> (`[B, L, D]`, new cache or None). With
+    `importance` (pruning: a `vlm_jax.pruning.ops.ImportanceRequest`) it also returns the
+    attention mass each key slot receives, `[B, S]`, as a third element.
     """
 
     cfg: LLMConfig
 
     @nn.compact
-    def __call__(self, x, positions, valid, cache: LayerCache | None = None):
+    def __call__(self, x, positions, valid, cache: LayerCache | None = None, importance=None):
         cfg = self.cfg
         dt = dtype_of(cfg.dtype)
         h, kv, dh = cfg.heads, cfg.kv_heads, cfg.dim_per_head
@@ -59,7 +61,10 @@ class Attention(nn.Module):
         v = v.reshape(b, n, kv, dh)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", None))
         if cache is None:
-            out = attention(q, k, v, causal_mask(valid), cfg.attention_impl)
+            if importance is None:
+                out = attention(q, k, v, causal_mask(valid), cfg.attention_impl)
+            else:
+                out, scores = importance(q, k, v, causal_mask(valid))
             new_cache = None
         else:
             end = cache["end"]
@@ -69,11 +74,15 @@ class Attention(nn.Module):
             slots = jnp.arange(k_all.shape[1])
             upto = end + jnp.arange(n)  # query i sees slots <= end + i
             mask = valid_all[:, None, :] & (slots[None, None, :] <= upto[None, :, None])
-            out = attention(q, k_all.astype(dt), v_all.astype(dt), mask, cfg.attention_impl)
+            if importance is None:
+                out = attention(q, k_all.astype(dt), v_all.astype(dt), mask, cfg.attention_impl)
+            else:
+                out, scores = importance(q, k_all.astype(dt), v_all.astype(dt), mask)
             new_cache = {"k": k_all, "v": v_all, "valid": valid_all, "end": end + n}
         out = out.reshape(b, n, h * dh)
-        return dense(cfg.width, ("heads", "embed"), use_bias=cfg.o_bias, dtype=dt,
-                     name="o_proj")(out), new_cache
+        out = dense(cfg.width, ("heads", "embed"), use_bias=cfg.o_bias, dtype=dt,
+                    name="o_proj")(out)
+        return (out, new_cache) if importance is None else (out, new_cache, scores)
 
 
 class MLP(nn.Module):
@@ -93,23 +102,27 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block. Returns (`[B, L, D]`, new layer cache or None)."""
+    """Pre-norm block. Returns (`[B, L, D]`, new layer cache or None[, importance `[B, S]` when
+    `importance` is given, see Attention])."""
 
     cfg: LLMConfig
 
     @nn.compact
-    def __call__(self, x, positions, valid, cache: LayerCache | None = None):
+    def __call__(self, x, positions, valid, cache: LayerCache | None = None, importance=None):
         cfg, dt = self.cfg, dtype_of(self.cfg.dtype)
-        y, cache = Attention(cfg, name="self_attn")(
-            RMSNorm(cfg.norm_eps, dt, name="input_layernorm")(x), positions, valid, cache)
+        y, cache, *scores = Attention(cfg, name="self_attn")(
+            RMSNorm(cfg.norm_eps, dt, name="input_layernorm")(x), positions, valid, cache,
+            importance)
         x = x + y
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, dt, name="post_attention_layernorm")(x))
-        return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+        return (nn.with_logical_constraint(x, ("batch", "length", "embed")), cache, *scores)
 
 
 class Decoder(nn.Module):
     """The LLM. `embed(tokens [B, L]) -> [B, L, D]`;
-    `__call__(embeds, positions, valid, cache=None) -> DecoderOutput`."""
+    `__call__(embeds, positions, valid, cache=None) -> DecoderOutput`; with `prune` (a static
+    `vlm_jax.pruning.PruneSpec`) and `visual` (`[B, L]` bool) it prunes visual tokens inside the
+    forward and returns a `vlm_jax.pruning.PrunedOutput`."""
 
     cfg: LLMConfig
 
@@ -139,8 +152,14 @@ class Decoder(nn.Module):
         return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def __call__(self, embeds: jax.Array, positions: jax.Array, valid: jax.Array,
-                 cache: list[LayerCache] | None = None, logits: bool = True) -> DecoderOutput:
+                 cache: list[LayerCache] | None = None, logits: bool = True,
+                 prune=None, visual: jax.Array | None = None,
+                 query: jax.Array | None = None) -> DecoderOutput:
         """embeds `[B, L, D]`, positions `[B, L]` int, valid `[B, L]` bool (False = padding)."""
+        if prune is not None:  # in-LLM visual-token pruning; query: optional [B, L] query set
+            from vlm_jax.pruning.forward import pruned_decoder
+            return pruned_decoder(self, embeds, positions, valid, visual, prune, query, cache,
+                                  logits)
         x = nn.with_logical_constraint(embeds, ("batch", "length", "embed"))
         new_cache = [] if cache is not None else None
         for i, layer in enumerate(self.layers):

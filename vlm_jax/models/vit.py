@@ -26,13 +26,14 @@ class ViTOutput(NamedTuple):
 class VisionAttention(nn.Module):
     """Bidirectional multi-head attention, self (`kv=None`) or cross.
 
-    x: `[B, T, C]`, kv: `[B, S, C]` or None -> `[B, T, C]`.
+    x: `[B, T, C]`, kv: `[B, S, C]` or None, key_valid: `[B, S]` bool or None -> `[B, T, C]`.
     """
 
     cfg: ViTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, kv: jax.Array | None = None,
+                 key_valid: jax.Array | None = None) -> jax.Array:
         c, h = self.cfg.width, self.cfg.heads
         dt = dtype_of(self.cfg.dtype)
         kv = x if kv is None else kv
@@ -40,7 +41,9 @@ class VisionAttention(nn.Module):
         q = split(dense(c, ("vis_embed", "heads"), dtype=dt, name="q_proj")(x))
         k = split(dense(c, ("vis_embed", "heads"), dtype=dt, name="k_proj")(kv))
         v = split(dense(c, ("vis_embed", "heads"), dtype=dt, name="v_proj")(kv))
-        out = attention(q, k, v, None).reshape(x.shape)
+        mask = None if key_valid is None else jnp.broadcast_to(
+            key_valid[:, None, :], (x.shape[0], x.shape[1], key_valid.shape[1]))
+        out = attention(q, k, v, mask).reshape(x.shape)
         return dense(c, ("heads", "vis_embed"), dtype=dt, name="out_proj")(out)
 
 
@@ -61,9 +64,10 @@ class EncoderLayer(nn.Module):
     cfg: ViTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key_valid: jax.Array | None = None) -> jax.Array:
         dt, eps = dtype_of(self.cfg.dtype), self.cfg.norm_eps
-        x = x + VisionAttention(self.cfg, name="self_attn")(layer_norm(eps, dt, "layer_norm1")(x))
+        y = layer_norm(eps, dt, "layer_norm1")(x)
+        x = x + VisionAttention(self.cfg, name="self_attn")(y, key_valid=key_valid)
         x = x + VisionMLP(self.cfg, name="mlp")(layer_norm(eps, dt, "layer_norm2")(x))
         return nn.with_logical_constraint(x, ("batch", "vis_tokens", "vis_embed"))
 

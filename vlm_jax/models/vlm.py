@@ -63,9 +63,11 @@ class VLM(nn.Module):
         self.vision_tower = ViT(cfg.vision)
         feat_layers = cfg.vision_feature_layer
         n_sel = 1 if isinstance(feat_layers, int) else len(feat_layers)
-        self.compressor = compressors.build(cfg.compressor, grid=cfg.vision.grid,
-                                            width=cfg.vision.width * n_sel,
-                                            text_width=cfg.llm.width)
+        self.compressor = compressors.build(
+            cfg.compressor, grid=cfg.vision.grid, width=cfg.vision.width * n_sel,
+            text_width=cfg.llm.width,
+            multi_width=cfg.vision.width * len(cfg.compressor.feature_layers),
+            dtype=cfg.vision.dtype)
         self.multi_modal_projector = Projector(cfg.llm.width, cfg.projector_bias, cfg.llm.dtype)
         self.language_model = Decoder(cfg.llm)
 
@@ -123,11 +125,21 @@ class VLM(nn.Module):
 
     def forward(self, images, tokens, valid=None, positions=None, question=None,
                 question_valid=None, cache: list[LayerCache] | None = None,
-                logits: bool = True) -> DecoderOutput:
-        """Full forward returning logits, final hidden states and the (updated) cache."""
+                logits: bool = True, prune=None, query=None) -> DecoderOutput:
+        """Full forward returning logits, final hidden states and the (updated) cache.
+
+        prune: a static `vlm_jax.pruning.PruneSpec` to prune visual tokens inside the LLM
+        (returns a `vlm_jax.pruning.PrunedOutput`); query: its optional `[B, L]` query set.
+        """
         valid = jnp.ones(tokens.shape, bool) if valid is None else valid
         positions = default_positions(valid) if positions is None else positions
+        if prune is not None:
+            prune.check(self.cfg.llm.depth, self.cfg.num_visual_tokens)
         embeds = self.embed_inputs(images, tokens, question, question_valid)
+        if prune is not None:
+            return self.language_model(embeds, positions, valid, cache=cache, logits=logits,
+                                       prune=prune, visual=tokens == self.cfg.image_token_id,
+                                       query=query)
         return self.language_model(embeds, positions, valid, cache=cache, logits=logits)
 
     def __call__(self, images, tokens, valid=None, positions=None, question=None,

@@ -1,0 +1,72 @@
+"""orbax checkpoints of a run: train state + grain iterator state + the config.
+
+Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it when
+complete), so a write cut off by a kill is never listed as a step and never restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import grain.python as grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    """`WORKDIR/checkpoints/<step>/{state,data,config}`; keeps the last `keep` steps."""
+
+    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iterator=None, config: dict | None = None,
+             force: bool = False) -> None:
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.PyGrainCheckpointSave(data_iterator)
+        if config is not None:
+            items["config"] = ocp.args.JsonSave(config)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
+        """Restores into the shapes/shardings of `abstract_state` (and the iterator in place)."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.PyGrainCheckpointRestore(data_iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def fingerprint(tree: Any) -> str:
+    """sha256 over every leaf's bytes, in tree order (gathers sharded arrays to the host)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        arr = np.asarray(jax.device_get(leaf))
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write JSON via a temporary file and rename, so readers never see half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
