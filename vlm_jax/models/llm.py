@@ -160,6 +160,8 @@ class Decoder(nn.Module):
             from vlm_jax.pruning.forward import pruned_decoder
             return pruned_decoder(self, embeds, positions, valid, visual, prune, query, cache,
                                   logits)
+        if self.is_initializing():  # create the table even when only embeddings come in
+            self.embed(jnp.zeros((1, 1), jnp.int32))
         x = nn.with_logical_constraint(embeds, ("batch", "length", "embed"))
         new_cache = [] if cache is not None else None
         for i, layer in enumerate(self.layers):
