@@ -1,0 +1,155 @@
+"""The built-in synthetic VQA suite: examples deterministic from (seed, split, index).
+
+Tasks: `count`, `exist`, `attribute`, `spatial`, `compare` (reasoning over rendered scenes,
+see tasks.py), `ocr` (2-4 characters drawn with the built-in 5x7 font: "what is written?"),
+and `caption` ("describe the image."). Every example also carries the scene's caption (for
+pretraining a vision tower) and its scene as JSON (for checking answers).
+
+Example i of a split is generated from `np.random.default_rng((seed, split_code, i))` alone, so
+any subset can be generated in any order; scenes do not depend on the resolution.
+
+    python -m vlm_jax.data.synthetic --grid docs/synthetic_grid.png [--resolution 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import textwrap
+from typing import Any
+
+import numpy as np
+
+from vlm_jax.data import glyphs, scenes, tasks
+
+TASKS = ("count", "exist", "attribute", "spatial", "compare", "ocr", "caption")
+DEFAULT_TASKS = ("count", "exist", "attribute", "spatial", "compare", "ocr")
+SPLITS = {"train": 0, "validation": 1, "test": 2}
+OCR_QUESTION = "what is written?"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """What the suite generates. `ocr_scale` 0 means max(1, resolution // 64)."""
+
+    resolution: int = 64
+    num_train: int = 4000
+    num_validation: int = 500
+    num_test: int = 500
+    seed: int = 0
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    max_objects: int = 8
+    ocr_min_len: int = 2
+    ocr_max_len: int = 4
+    ocr_scale: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown or not self.tasks:
+            raise ValueError(f"synthetic.tasks {self.tasks} has unknown task(s) "
+                             f"{sorted(unknown)} or is empty; known: {TASKS}")
+        if not 16 <= self.resolution <= 1024:
+            raise ValueError(f"synthetic.resolution must be in [16, 1024], got {self.resolution}")
+        if not 4 <= self.max_objects <= scenes.GRID**2:
+            raise ValueError(f"synthetic.max_objects must be in [4, {scenes.GRID**2}], "
+                             f"got {self.max_objects}")
+        if not 1 <= self.ocr_min_len <= self.ocr_max_len:
+            raise ValueError(f"need 1 <= ocr_min_len <= ocr_max_len, got {self.ocr_min_len}, "
+                             f"{self.ocr_max_len}")
+        w, _ = glyphs.text_size("X" * self.ocr_max_len, self.text_scale)
+        if w > self.resolution - 2:
+            raise ValueError(f"{self.ocr_max_len} characters at scale {self.text_scale} are "
+                             f"{w} px wide: more than a {self.resolution} px image holds")
+
+    @property
+    def text_scale(self) -> int:
+        return self.ocr_scale or max(1, self.resolution // 64)
+
+    def num_examples(self, split: str) -> int:
+        return {"train": self.num_train, "validation": self.num_validation,
+                "test": self.num_test}[split]
+
+
+def _ocr(rng: np.random.Generator, cfg: SyntheticConfig):
+    """A short random string in the 5x7 font on a light background at a random place."""
+    n = int(rng.integers(cfg.ocr_min_len, cfg.ocr_max_len + 1))
+    text = "".join(glyphs.ALPHABET[i] for i in rng.integers(len(glyphs.ALPHABET), size=n))
+    res, scale = cfg.resolution, cfg.text_scale
+    bg = tuple(int(v) for v in rng.integers(200, 256, size=3))
+    fg = tuple(int(v) for v in rng.integers(0, 70, size=3))
+    image = np.empty((res, res, 3), np.uint8)
+    image[:] = bg
+    w, h = glyphs.text_size(text, scale)
+    x, y = int(rng.integers(1, res - w)), int(rng.integers(1, res - h))
+    glyphs.render_text(image, text, x, y, scale, fg)
+    return image, text
+
+
+def generate_example(cfg: SyntheticConfig, split: str, index: int) -> dict[str, Any]:
+    """Example `index` of `split`: image uint8 `[R, R, 3]`, question, answer(s), task, ..."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
+    rng = np.random.default_rng((cfg.seed, SPLITS[split], index))
+    task = cfg.tasks[index % len(cfg.tasks)]
+    stratum = index // len(cfg.tasks)
+    if task == "ocr":
+        image, text = _ocr(rng, cfg)
+        objs, question, answer, caption = [], OCR_QUESTION, text, f"the text {text}."
+    else:
+        objs, question, answer = tasks.SCENE_TASKS[task](rng, stratum, cfg.max_objects)
+        image = scenes.render(objs, cfg.resolution)
+        caption = scenes.caption(objs)
+        answer = caption if answer is None else answer
+    return {"id": f"{split}-{index:07d}", "image": image, "question": question,
+            "answer": answer, "answers": [answer], "task": task, "caption": caption,
+            "scene": json.dumps(scenes.to_json(objs), separators=(",", ":"))}
+
+
+def all_texts(cfg: SyntheticConfig, split: str = "train", limit: int = 2000) -> list[str]:
+    """Questions, answers and captions of the first `limit` examples (vocab checks)."""
+    out = []
+    for i in range(min(limit, cfg.num_examples(split))):
+        ex = generate_example(cfg, split, i)
+        out += [ex["question"], ex["answer"], ex["caption"]]
+    return out
+
+
+def save_grid(path: str, cfg: SyntheticConfig | None = None, rows: int = 4, cols: int = 4,
+              split: str = "train", scale: int = 0) -> None:
+    """A `rows x cols` sheet of examples with their question and answer, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = cfg or SyntheticConfig()
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows))
+    for i, ax in enumerate(np.ravel(axes)):
+        ex = generate_example(cfg, split, i)
+        ax.imshow(ex["image"], interpolation="nearest")
+        title = textwrap.fill(f"[{ex['task']}] {ex['question']} -> {ex['answer']}", 44)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"synthetic VQA suite, {cfg.resolution} px, seed {cfg.seed}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--grid", required=True, help="output PNG path")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks", default=",".join(TASKS))
+    args = p.parse_args(argv)
+    cfg = SyntheticConfig(resolution=args.resolution, seed=args.seed,
+                          tasks=tuple(args.tasks.split(",")))
+    save_grid(args.grid, cfg)
+    print(f"wrote {args.grid}")
+
+
+if __name__ == "__main__":
+    main()

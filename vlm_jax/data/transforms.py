@@ -1,0 +1,161 @@
+"""Per-example processing for grain: image -> normalised float, conversation -> static tokens.
+
+`Prepare` (a grain MapTransform) turns a source record into fixed-shape numpy arrays (see
+`pipeline.py` for the batch contract); `DropSkipped` filters the records a bad sample became
+under `on_error="skip"`; `Collate` batches (and pads the last eval batch with masked rows).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import grain.python as grain
+import numpy as np
+from PIL import Image
+
+from vlm_jax.data.sources import DataError, load_image
+from vlm_jax.data.templates import ChatEncoder
+
+NORMALIZATION = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+META_KEYS = ("id", "task", "answer", "answers")
+
+
+def mean_std(normalization) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) float32 `[3]` from a name in NORMALIZATION or a (mean, std) pair."""
+    if isinstance(normalization, str):
+        if normalization not in NORMALIZATION:
+            raise ValueError(f"unknown normalization {normalization!r}; known: "
+                             f"{sorted(NORMALIZATION)} or a (mean, std) pair")
+        normalization = NORMALIZATION[normalization]
+    mean, std = (np.asarray(v, np.float32).reshape(3) for v in normalization)
+    return mean, std
+
+
+def process_image(image: np.ndarray, size: int, aspect: str, mean: np.ndarray,
+                  std: np.ndarray) -> np.ndarray:
+    """uint8 `[h, w, 3]` -> float32 `[size, size, 3]`, normalised.
+
+    aspect "pad": pad to a square with the mean colour (centred), then resize (LLaVA's
+    `pad`); "resize": resize straight to the square. Bicubic resampling; no resize when the
+    (padded) image already has the target size.
+    """
+    img = Image.fromarray(np.asarray(image, np.uint8))
+    if aspect == "pad" and img.width != img.height:
+        side = max(img.width, img.height)
+        fill = tuple(int(round(float(m) * 255)) for m in mean)
+        square = Image.new("RGB", (side, side), fill)
+        square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        img = square
+    elif aspect not in ("pad", "resize"):
+        raise ValueError(f"aspect must be 'pad' or 'resize', got {aspect!r}")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    x = np.asarray(img, np.float32) / 255.0
+    return (x - mean) / std
+
+
+def pad_to(ids: Sequence[int], length: int, pad_id: int, left: bool = False):
+    """(ids padded to `length`, valid mask) as int32 / bool `[length]`."""
+    n = len(ids)
+    out = np.full(length, pad_id, np.int32)
+    valid = np.zeros(length, bool)
+    sl = slice(length - n, length) if left else slice(0, n)
+    out[sl], valid[sl] = ids, True
+    return out, valid
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    reason: str
+
+
+class Prepare(grain.MapTransform):
+    """Record -> fixed-shape example (image, tokens, valid, loss_mask, question, ...)."""
+
+    def __init__(self, encoder: ChatEncoder, *, image_size: int, aspect: str, normalization,
+                 num_visual_tokens: int, max_text_len: int, max_question_len: int,
+                 eval_mode: bool, on_error: str):
+        self.encoder = encoder
+        self.image_size, self.aspect = image_size, aspect
+        self.mean, self.std = mean_std(normalization)
+        self.v = num_visual_tokens
+        self.seq_len = num_visual_tokens + max_text_len
+        self.max_text_len, self.question_len = max_text_len, max_question_len
+        self.eval_mode, self.on_error = eval_mode, on_error
+        self.skipped: collections.Counter = collections.Counter()
+
+    def map(self, record: dict):
+        try:
+            return self._prepare(record)
+        except DataError as e:
+            if self.on_error == "raise":
+                raise
+            self.skipped[e.reason] += 1
+            logging.warning("skipping %s", e)
+            return Skipped(e.reason)
+
+    def _prepare(self, rec: dict) -> dict:
+        enc = self.encoder.conversation(rec["turns"])
+        n_img = sum(t == self.encoder.image_ids[0] for t in enc.tokens) if self.v else 0
+        if n_img != self.v:
+            raise DataError("no_image_marker", rec["id"], rec["file"],
+                            f"prompt holds {n_img} image placeholders, expected {self.v}")
+        n_text = len(enc.tokens) - self.v
+        if n_text > self.max_text_len:
+            raise DataError("too_long", rec["id"], rec["file"],
+                            f"{n_text} text tokens > max_text_len {self.max_text_len}")
+        question = self.encoder.question(rec["question"])
+        if len(question) > self.question_len:
+            raise DataError("too_long", rec["id"], rec["file"], f"question has {len(question)} "
+                            f"tokens > max_question_len {self.question_len}")
+        image = process_image(load_image(rec), self.image_size, self.aspect, self.mean,
+                              self.std)
+        pad_id = self.encoder.tok.pad_id
+        tokens, valid = pad_to(enc.tokens, self.seq_len, pad_id)
+        loss_mask = np.zeros(self.seq_len, np.float32)
+        loss_mask[:len(enc.loss_mask)] = enc.loss_mask
+        q, q_valid = pad_to(question, self.question_len, pad_id)
+        ex = {"image": image, "tokens": tokens, "valid": valid, "loss_mask": loss_mask,
+              "question": q, "question_valid": q_valid, "example_mask": np.bool_(True),
+              "id": rec["id"], "task": rec["task"], "answer": rec["answer"],
+              "answers": list(rec["answers"])}
+        if self.eval_mode:
+            ex["prompt"], ex["prompt_valid"] = pad_to(enc.prompt, self.seq_len, pad_id, left=True)
+        return ex
+
+
+class DropSkipped(grain.FilterTransform):
+    def filter(self, element) -> bool:
+        return not isinstance(element, Skipped)
+
+
+class Collate:
+    """Stacks examples; object arrays for META_KEYS; pads a short batch with masked copies."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        examples = list(examples)
+        n = len(examples)
+        if n < self.batch_size:  # only the last eval batch (train drops the remainder)
+            filler = dict(examples[0], example_mask=np.bool_(False), id="", answer="",
+                          answers=[], task="")
+            examples += [filler] * (self.batch_size - n)
+        out = {}
+        for key in examples[0]:
+            if key in META_KEYS:
+                arr = np.empty(len(examples), object)
+                for i, e in enumerate(examples):
+                    arr[i] = tuple(e[key]) if key == "answers" else e[key]
+                out[key] = arr
+            else:
+                out[key] = np.stack([e[key] for e in examples])
+        return out
