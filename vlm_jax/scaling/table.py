@@ -3,7 +3,8 @@
 A table is rows of `(N, V, score)` given as a list of tuples, a numpy array `[n, >=3]` (first
 three columns N, V, score; further columns ignored), a list of dicts, or a path to a CSV file
 with a header naming the columns (any order, extra columns kept but unused; names match
-case-insensitively). The numeric columns asked for come back as floats in `Table.rows` too. Bad input raises `TableError` naming the file, row and column at fault.
+case-insensitively). The numeric columns asked for come back as floats in `Table.rows` too.
+Bad input raises `TableError` naming the file, row and column at fault.
 """
 
 from __future__ import annotations
