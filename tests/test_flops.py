@@ -154,6 +154,9 @@ def test_vision_and_compressor_hand_computed():
     bad = dataclasses.replace(base, compressor=CompressorConfig("quecc", 9, (1, 2)))
     with pytest.raises(ValueError, match="num_tokens=9 must be h\\*h with h dividing the 4x4"):
         F.compressor_flops(bad)
+    deep = dataclasses.replace(base, compressor=CompressorConfig("quecc", 4))  # layers 12..23
+    with pytest.raises(ValueError, match="compressor.feature_layers: feature layer 12 out of"):
+        F.vlm_flops(deep, 8)
 
 
 def test_vlm_flops_components_sum_and_format():

@@ -148,10 +148,11 @@ def vision_flops(cfg: ViTConfig, layers: int | None = None, head: bool | None = 
                         "head": head_flops})
 
 
-def _hidden_index(i: int, depth: int) -> int:
+def _hidden_index(i: int, depth: int, what: str) -> int:
     j = i + depth + 1 if i < 0 else i
     if not 0 <= j <= depth:
-        raise ValueError(f"feature layer {i} out of range for {depth + 1} hidden states")
+        raise ValueError(f"{what}: feature layer {i} out of range for the {depth + 1} hidden "
+                         f"states of a {depth}-layer vision tower")
     return j
 
 
@@ -170,10 +171,10 @@ def _compressor_needs(name: str) -> tuple[bool, bool]:
 def vision_layers_needed(cfg: VLMConfig) -> int:
     """Encoder layers the VLM needs: up to the deepest hidden state it reads."""
     sel = cfg.vision_feature_layer
-    idx = [sel] if isinstance(sel, int) else list(sel)
+    idx = [(i, "vision_feature_layer") for i in ([sel] if isinstance(sel, int) else sel)]
     if cfg.compressor.name != "identity" and _compressor_needs(cfg.compressor.name)[0]:
-        idx += list(cfg.compressor.feature_layers)
-    return max(_hidden_index(i, cfg.vision.depth) for i in idx)
+        idx += [(i, "compressor.feature_layers") for i in cfg.compressor.feature_layers]
+    return max(_hidden_index(i, cfg.vision.depth, what) for i, what in idx)
 
 
 # ----------------------------------------------------------------------------- compressor
