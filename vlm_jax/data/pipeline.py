@@ -94,12 +94,33 @@ def make_source(data_cfg, split: str):
     return src_lib.MMBenchSource(path, folder, cfg.on_error, **kw)
 
 
+class ShardSlice:
+    """Records [start, end) of a source (one eval shard); `skipped` passes through."""
+
+    def __init__(self, source, start: int, end: int):
+        self.source, self.start, self.end = source, start, end
+        self.skipped = getattr(source, "skipped", collections.Counter())
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside shard of {len(self)} records")
+        return self.source[self.start + index]
+
+    def __repr__(self) -> str:
+        return f"ShardSlice({self.source!r}, {self.start}, {self.end})"
+
+
 class Loader:
     """Iterable of batches (see the module docstring); `skipped` counts dropped samples."""
 
-    def __init__(self, source, data_loader: grain.DataLoader, prepare: Prepare, *, mode: str,
-                 batch_size: int, num_records: int, num_batches: int | None):
+    def __init__(self, source, data_loader: grain.DataLoader, prepare: Prepare,
+                 collate: Collate, *, mode: str, batch_size: int, num_records: int,
+                 num_batches: int):
         self.source, self.data_loader, self.prepare = source, data_loader, prepare
+        self.collate = collate
         self.mode, self.batch_size = mode, batch_size
         self.num_records = num_records  # records in this shard
         self.num_batches = num_batches  # per epoch in train mode; the total in eval mode
@@ -117,16 +138,12 @@ class Loader:
         return self._eval_batches()
 
     def _eval_batches(self):
-        last, n = None, 0
-        for last in self.data_loader:
+        n = 0
+        for batch in self.data_loader:
             n += 1
-            yield last
-        if n < self.num_batches:
-            if last is None:
-                raise ValueError(f"eval shard of {self.source!r} is empty: nothing to pad with")
-            pad = dict(last, example_mask=last["example_mask"] & False)
-            for _ in range(self.num_batches - n):
-                yield pad
+            yield batch
+        for _ in range(n, self.num_batches):
+            yield self.collate([])
 
 
 def make_loader(data_cfg, *, split: str, batch_size: int, num_visual_tokens: int,
@@ -170,18 +187,23 @@ def make_loader(data_cfg, *, split: str, batch_size: int, num_visual_tokens: int
         shard = grain.ShardOptions(shard_index, shard_count, drop_remainder=not eval_mode)
     n = len(source)
     if eval_mode:
-        per_shard = math.ceil(n / shard.shard_count)
-        num_records = n // shard.shard_count + (shard.shard_index < n % shard.shard_count)
-        num_batches = math.ceil(per_shard / batch_size)
+        # Explicit contiguous shards: grain's uneven sharding would drop a record.
+        per, rem = divmod(n, shard.shard_count)
+        start = shard.shard_index * per + min(shard.shard_index, rem)
+        source = ShardSlice(source, start, start + per + (shard.shard_index < rem))
+        num_records = len(source)
+        num_batches = math.ceil(math.ceil(n / shard.shard_count) / batch_size)
+        sampler = grain.IndexSampler(num_records=num_records, shard_options=grain.NoSharding(),
+                                     shuffle=False, num_epochs=1, seed=seed)
     else:
         num_records = n // shard.shard_count
         num_batches = num_records // batch_size
-    sampler = grain.IndexSampler(
-        num_records=n, shard_options=shard, shuffle=shuffle and not eval_mode,
-        num_epochs=1 if eval_mode else num_epochs, seed=seed)
+        sampler = grain.IndexSampler(num_records=n, shard_options=shard, shuffle=shuffle,
+                                     num_epochs=num_epochs, seed=seed)
+    collate = Collate(batch_size, prepare.blank())
     ops = [prepare, DropSkipped(),
-           grain.Batch(batch_size, drop_remainder=not eval_mode, batch_fn=Collate(batch_size))]
+           grain.Batch(batch_size, drop_remainder=not eval_mode, batch_fn=collate)]
     data_loader = grain.DataLoader(data_source=source, sampler=sampler, operations=ops,
                                    worker_count=cfg.worker_count)
-    return Loader(source, data_loader, prepare, mode=mode, batch_size=batch_size,
+    return Loader(source, data_loader, prepare, collate, mode=mode, batch_size=batch_size,
                   num_records=num_records, num_batches=num_batches)

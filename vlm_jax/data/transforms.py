@@ -131,24 +131,37 @@ class Prepare(grain.MapTransform):
         return ex
 
 
+    def blank(self) -> dict:
+        """A fully masked example (`example_mask` False) for padding eval batches: V
+        placeholders (so the model's placeholder check holds), a zero image, no loss."""
+        pad_id, v, img = self.encoder.tok.pad_id, self.v, self.encoder.image_ids[:1]
+        tokens, valid = pad_to(img * v, self.seq_len, pad_id)
+        q, q_valid = pad_to([pad_id], self.question_len, pad_id)
+        ex = {"image": np.zeros((self.image_size, self.image_size, 3), np.float32),
+              "tokens": tokens, "valid": valid, "loss_mask": np.zeros(self.seq_len, np.float32),
+              "question": q, "question_valid": q_valid, "example_mask": np.bool_(False),
+              "id": "", "task": "", "answer": "", "answers": []}
+        if self.eval_mode:
+            ex["prompt"], ex["prompt_valid"] = pad_to(img * v, self.seq_len, pad_id, left=True)
+        return ex
+
+
 class DropSkipped(grain.FilterTransform):
     def filter(self, element) -> bool:
         return not isinstance(element, Skipped)
 
 
 class Collate:
-    """Stacks examples; object arrays for META_KEYS; pads a short batch with masked copies."""
+    """Stacks examples; object arrays for META_KEYS; pads a short batch with `blank`."""
 
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int, blank: dict):
+        self.batch_size, self.blank = batch_size, blank
 
     def __call__(self, examples: Sequence[dict]) -> dict:
         examples = list(examples)
         n = len(examples)
         if n < self.batch_size:  # only the last eval batch (train drops the remainder)
-            filler = dict(examples[0], example_mask=np.bool_(False), id="", answer="",
-                          answers=[], task="")
-            examples += [filler] * (self.batch_size - n)
+            examples += [self.blank] * (self.batch_size - n)
         out = {}
         for key in examples[0]:
             if key in META_KEYS:
