@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from vlm_jax import data
+from vlm_jax.data.config import synthetic_config
 from vlm_jax.data.synthetic import SyntheticConfig, generate_example
 from vlm_jax.data.transforms import NORMALIZATION, mean_std, process_image
 
@@ -79,7 +80,7 @@ def test_tokens_placeholders_padding_and_loss_mask(cfg):
 
 def test_images_normalised_from_the_stored_pixels(cfg):
     batch = next(iter(_loader(cfg, normalization="none", shuffle=False)))
-    syn = data.config.synthetic_config(cfg)
+    syn = synthetic_config(cfg)
     for i in range(B):
         split, idx = batch["id"][i].split("-")
         ref = generate_example(syn, split, int(idx))

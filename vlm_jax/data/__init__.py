@@ -5,24 +5,30 @@ prompt templates and grain pipelines.
     loader = vlm_jax.data.make_loader(cfg, split="train", batch_size=8, num_visual_tokens=16,
                                       image_size=32, normalization="clip", seed=0)
     batch = next(iter(loader))                      # contract: see vlm_jax/data/pipeline.py
+
+Names are imported on first use, so `python -m vlm_jax.data.synthetic` runs cleanly.
 """
 
-from vlm_jax.data.config import check_config, default_config
-from vlm_jax.data.pipeline import (
-    ARRAY_KEYS,
-    Loader,
-    make_loader,
-    make_source,
-    make_tokenizer,
-    prepare_synthetic,
-    split_batch,
-)
-from vlm_jax.data.sources import DataError
-from vlm_jax.data.templates import TEMPLATES, ChatEncoder, get_template
-from vlm_jax.data.tokenizer import IMAGE_TOKEN, HFTokenizer, WordTokenizer
-from vlm_jax.data.transforms import META_KEYS, NORMALIZATION
+import importlib
 
-__all__ = ["default_config", "check_config", "make_loader", "make_tokenizer", "make_source",
-           "prepare_synthetic", "split_batch", "Loader", "ARRAY_KEYS", "META_KEYS",
-           "NORMALIZATION", "DataError", "TEMPLATES", "ChatEncoder", "get_template",
-           "IMAGE_TOKEN", "HFTokenizer", "WordTokenizer"]
+_EXPORTS = {
+    "config": ("default_config", "check_config"),
+    "pipeline": ("make_loader", "make_tokenizer", "make_source", "prepare_synthetic",
+                 "split_batch", "Loader", "ARRAY_KEYS"),
+    "transforms": ("META_KEYS", "NORMALIZATION"),
+    "sources": ("DataError",),
+    "templates": ("TEMPLATES", "ChatEncoder", "get_template"),
+    "tokenizer": ("IMAGE_TOKEN", "HFTokenizer", "WordTokenizer"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"vlm_jax.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'vlm_jax.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

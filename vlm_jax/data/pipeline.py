@@ -203,6 +203,11 @@ def make_loader(data_cfg, *, split: str, batch_size: int, num_visual_tokens: int
     collate = Collate(batch_size, prepare.blank())
     ops = [prepare, DropSkipped(),
            grain.Batch(batch_size, drop_remainder=not eval_mode, batch_fn=collate)]
+    if cfg.worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (outside absl.app)
+            flags.FLAGS.mark_as_parsed()
     data_loader = grain.DataLoader(data_source=source, sampler=sampler, operations=ops,
                                    worker_count=cfg.worker_count)
     return Loader(source, data_loader, prepare, collate, mode=mode, batch_size=batch_size,

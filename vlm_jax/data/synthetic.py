@@ -133,7 +133,7 @@ def save_grid(path: str, cfg: SyntheticConfig | None = None, rows: int = 4, cols
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.suptitle(f"synthetic VQA suite, {cfg.resolution} px, seed {cfg.seed}", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
