@@ -1,6 +1,6 @@
 """Entry point: `python -m vlm_jax.main --config=configs/FILE.py[:ARGS] --workdir=DIR`.
 
-Runs what `config.mode` says (train | eval | sweep | prune_search) and resumes from DIR.
+Runs what `config.mode` says (train | eval | train_eval | sweep | prune_search) and resumes from DIR.
 Any config value can be overridden with `--config.KEY=VALUE`; unknown keys are errors.
 """
 
@@ -19,7 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_conf
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-MODES = ("train", "eval", "sweep", "prune_search")
+MODES = ("train", "eval", "train_eval", "sweep", "prune_search")
 
 
 def run(config, workdir: str):
@@ -31,6 +31,9 @@ def run(config, workdir: str):
     if mode == "eval":
         from vlm_jax.eval.evaluator import evaluate_run
         return evaluate_run(config, workdir)
+    if mode == "train_eval":
+        from vlm_jax.scaling.sweep import run_point
+        return run_point(config, workdir)
     if mode == "sweep":
         from vlm_jax.scaling.sweep import run_sweep
         return run_sweep(config, workdir)
@@ -42,7 +45,8 @@ def run(config, workdir: str):
 
 def main(argv):
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger().setLevel(logging.WARNING)  # orbax / grain / absl chatter
+    logging.getLogger("vlm_jax").setLevel(logging.INFO)
     run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -27,6 +27,8 @@ import ml_collections
 from vlm_jax.scaling import executors
 from vlm_jax.train.checkpoint import write_json_atomic
 
+log = logging.getLogger(__name__)
+
 SWEEP_KEYS = {"grid", "families", "text_tokens", "n_unit"}
 
 
@@ -47,6 +49,7 @@ def make_points(config: ml_collections.ConfigDict, workdir: str
         cfg = copy.deepcopy(config.point)
         with cfg.unlocked():
             cfg.mode = "train_eval"
+            cfg.llm_name = llm
             cfg.model.llm = dict(llm_cfg)
             cfg.model.compressor.num_tokens = int(v)
             cfg.model.compressor.name = comp
@@ -66,15 +69,15 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.get("pretrain") is not None:
         pre_dir = os.path.join(workdir, "pretrain")
         if not os.path.exists(os.path.join(pre_dir, "run_summary.json")):
-            logging.info("sweep: stage-0 pretraining in %s", pre_dir)
+            log.info("sweep: stage-0 pretraining in %s", pre_dir)
             executor.run("pretrain", config.pretrain, pre_dir)
     points = make_points(config, workdir)
     for name, cfg in points:
         point_dir = os.path.join(workdir, "points", name)
         if os.path.exists(os.path.join(point_dir, "result.json")):
-            logging.info("sweep: %s done, skipping", name)
+            log.info("sweep: %s done, skipping", name)
             continue
-        logging.info("sweep: running %s", name)
+        log.info("sweep: running %s", name)
         executor.run(name, cfg, point_dir)
     executor.wait()
     rows = collect(workdir, [n for n, _ in points])
@@ -83,6 +86,31 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     write_json_atomic(os.path.join(workdir, "sweep_summary.json"), summary)
     print(format_summary(summary))
     return summary
+
+
+def run_point(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """mode=train_eval: train (resuming), evaluate, write `result.json` (one table row)."""
+    from vlm_jax import models
+    from vlm_jax.eval.evaluator import evaluate_config, load_run
+    from vlm_jax.scaling.flops import param_count
+    from vlm_jax.train.trainer import train
+
+    summary = train(config, workdir)
+    _, params = load_run(workdir)
+    result = evaluate_config(config, params)
+    cfg = models.from_dict(config.model)
+    cost = result["cost"]
+    row = {"name": os.path.basename(os.path.normpath(workdir)), "llm": config.get("llm_name", ""),
+           "N": param_count(cfg.llm), "V": cfg.num_visual_tokens, "compressor": cfg.compressor.name,
+           "text_tokens": cost["text_tokens"], "score": result["overall"],
+           "families": result["families"], "tasks": result["tasks"], "ttft_ms": cost["ttft_ms"],
+           "decode_ms_per_token": cost["decode_ms_per_token"],
+           "prefill_gflops": cost["flops"]["total"] / 1e9, "flops": cost["flops"],
+           "train_loss": summary["final_metrics"].get("loss"), "train_steps": summary["final_step"],
+           "param_fingerprint": summary["param_fingerprint"]}
+    write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    write_json_atomic(os.path.join(workdir, "result.json"), row)
+    return row
 
 
 def collect(workdir: str, names: list[str]) -> list[dict]:

@@ -81,15 +81,17 @@ def pair_task(vision: ViTConfig, text: ViTConfig, vocab_size: int, embed_dim: in
 
 
 def make_task(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Task:
-    """The task of `config.stage` (0, 1 or 2)."""
+    """The task of `config.stage` (0, 1 or 2). Stage 0 reads `config.pair`: `vision`, `text`
+    (tower dicts), `embed_dim`; stages 1/2 read `config.model`."""
     if config.stage == 0:
-        vision = models.from_dict(dict(config.pretrain.vision, kind="vision"))
-        text = models.from_dict(dict(config.pretrain.text, kind="vision"))
-        return pair_task(vision, text, vocab_size or config.pretrain.vocab_size,
-                         config.pretrain.embed_dim, config.data.max_caption_len)
+        vision = models.from_dict(dict(config.pair.vision, kind="vision"))
+        text = models.from_dict(dict(config.pair.text, kind="vision"))
+        return pair_task(vision, text, vocab_size or config.pair.vocab_size,
+                         config.pair.embed_dim, config.data.max_text_len)
     if config.stage in (1, 2):
         cfg = models.from_dict(config.model)
-        return vlm_task(cfg, config.data.max_len, config.data.max_question_len)
+        return vlm_task(cfg, cfg.num_visual_tokens + config.data.max_text_len,
+                        config.data.max_question_len)
     raise ValueError(f"config.stage must be 0, 1 or 2, got {config.stage!r}")
 
 

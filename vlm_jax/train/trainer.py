@@ -25,6 +25,8 @@ from vlm_jax.train import checkpoint as ckpt_lib
 from vlm_jax.train import data_feed, init_from, tasks
 from vlm_jax.train.optimizer import make_optimizer, path_str, trainable_mask
 
+log = logging.getLogger(__name__)
+
 TRAIN_KEYS = {"steps", "batch_size", "log_every", "ckpt_every", "keep_ckpts", "async_ckpt",
               "seed"}
 
@@ -113,8 +115,9 @@ class Trainer:
                        in_shardings=(self.state_shardings["params"],),
                        out_shardings=self.state_shardings)(params)
 
-    def step(self, state: dict, batch: dict) -> tuple[dict, dict]:
-        arrays = {k: jax.make_array_from_process_local_data(self.batch_sh[k], np.asarray(batch[k]))
+    def step(self, state: dict, arrays: dict) -> tuple[dict, dict]:
+        """One optimiser step on this process's part of the batch (numpy arrays)."""
+        arrays = {k: jax.make_array_from_process_local_data(self.batch_sh[k], np.asarray(arrays[k]))
                   for k in self.task.batch_keys}
         return self._step(state, arrays)
 
@@ -132,7 +135,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = trainer.init_state()
         start = 0
     else:
-        logging.info("resuming from step %d in %s", start, ckpts.directory)
+        log.info("resuming from step %d in %s", start, ckpts.directory)
         state = ckpts.restore(start, trainer.abstract_state, it)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False)
@@ -142,8 +145,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics: dict[str, float] = {}
     t0, steps_done, examples = time.time(), 0, 0
     for step in range(start + 1, tcfg.steps + 1):
-        batch = next(it)
-        state, m = trainer.step(state, batch)
+        state, m = trainer.step(state, feed.arrays(next(it)))
         loss = float(m["loss"])
         if not np.isfinite(loss):
             ckpts.wait()
@@ -160,7 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             metrics.update(steps_per_sec=rate, examples_per_sec=examples / dt)
             writer.write_scalars(step, metrics)
             eta = (tcfg.steps - step) / max(rate, 1e-9)
-            logging.info("step %d/%d loss %.4f  %.2f steps/s  %.1f ex/s  ETA %.0fs", step,
+            log.info("step %d/%d loss %.4f  %.2f steps/s  %.1f ex/s  ETA %.0fs", step,
                          tcfg.steps, loss, rate, examples / dt, eta)
         if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
             ckpts.save(step, state, it, config_json)

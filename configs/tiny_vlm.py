@@ -1,0 +1,69 @@
+"""A tiny VLM trained on the built-in synthetic suite on CPU in a few minutes.
+
+    python -m vlm_jax.main --config=configs/tiny_vlm.py:llm=m,V=16 --workdir=/tmp/tiny
+
+arg keys: llm (s | m | l: the tiny LLM sizes of the sweep), V (visual tokens: 1, 4, 16, 64),
+compressor (quecc | avgpool | resampler | tokenpacker | identity), steps, batch, res (px).
+Everything trains (there is no pretrained tower or LLM at this size) unless `init_from` says
+otherwise, as the sweep does for the vision tower.
+"""
+
+import ml_collections
+
+from vlm_jax import data
+from vlm_jax.config_args import parse_arg
+from vlm_jax.eval import evaluator
+from vlm_jax.models.config import CompressorConfig, LLMConfig, ViTConfig, VLMConfig, to_dict
+from vlm_jax.train import optimizer, trainer
+
+# Tiny LLMs of the sweep: (width, depth, heads, kv_heads).
+TINY_LLMS = {"s": (48, 2, 4, 2), "m": (96, 3, 4, 2), "l": (192, 4, 6, 2)}
+
+
+def tiny_llm(size: str, vocab_size: int) -> dict:
+    width, depth, heads, kv = TINY_LLMS[size]
+    return to_dict(LLMConfig(family="qwen2", vocab_size=vocab_size, width=width, depth=depth,
+                             heads=heads, kv_heads=kv, mlp_dim=width * 8 // 3 // 8 * 8,
+                             rope_theta=1e4, qkv_bias=True, tie_embeddings=True, max_len=512))
+
+
+def tiny_vision(res: int) -> ViTConfig:
+    return ViTConfig(family="clip", image_size=res, patch_size=res // 8, width=64, depth=3,
+                     heads=4, mlp_dim=256)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = parse_arg(arg, llm="m", V=16, compressor="quecc", steps=600, batch=32, res=64,
+                  data_dir="~/vlm_jax_data/tfds")
+    tok = data.WordTokenizer()
+    c = ml_collections.ConfigDict()
+    c.mode = "train"
+    c.stage = 2
+    vision = tiny_vision(a.res)
+    model = VLMConfig(
+        vision=vision, llm=LLMConfig(**{k: v for k, v in tiny_llm(a.llm, tok.vocab_size).items()
+                                        if k != "kind"}),
+        compressor=CompressorConfig(name=a.compressor, num_tokens=a.V, feature_layers=(1, 2, 3),
+                                    heads=4),
+        image_token_id=tok.image_token_id)
+    c.model = to_dict(model)
+    c.data = data.default_config()
+    c.data.data_dir = a.data_dir
+    c.data.synthetic.resolution = a.res
+    c.data.synthetic.num_train = 8000
+    c.data.max_text_len = 24
+    c.data.max_question_len = 16
+    c.train = trainer.default_config()
+    c.train.steps = a.steps
+    c.train.batch_size = a.batch
+    c.train.log_every = 50
+    c.train.ckpt_every = 200
+    c.optim = optimizer.default_config()
+    c.optim.lr = 3e-3
+    c.optim.weight_decay = 0.01
+    c.optim.frozen = ""  # all train: nothing here is pretrained
+    c.mesh = {"data": -1}
+    c.sharding = "dp"
+    c.eval = evaluator.default_config()
+    c.eval.num_examples = 512
+    return c

@@ -1,0 +1,142 @@
+"""Evaluate a VLM on an eval loader: greedy answers, per-task metrics, and costs beside them.
+
+Every result carries its cost: visual tokens, text tokens, per-component FLOPs
+(vlm_jax.scaling.flops), measured time to first token and decode time per token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from vlm_jax import data as data_lib
+from vlm_jax import models
+from vlm_jax.eval import metrics as metrics_lib
+from vlm_jax.eval.generate import Generator
+from vlm_jax.scaling import flops as flops_lib
+
+log = logging.getLogger(__name__)
+
+# Synthetic suite: task -> (metric, family). Other sources name their task in the config.
+SYNTHETIC_TASKS = {
+    "count": ("exact_match", "reasoning"), "exist": ("yes_no", "reasoning"),
+    "attribute": ("exact_match", "reasoning"), "spatial": ("exact_match", "reasoning"),
+    "compare": ("exact_match", "reasoning"), "ocr": ("exact_match", "ocr"),
+    "caption": ("exact_match", "caption"),
+}
+EVAL_KEYS = {"split", "batch_size", "max_new_tokens", "num_examples", "tasks"}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        split="test", batch_size=32, max_new_tokens=6, num_examples=-1,  # -1: the whole split
+        tasks={},  # task -> (metric, family), overriding/adding to SYNTHETIC_TASKS
+    ))
+
+
+def task_table(eval_cfg) -> dict[str, tuple[str, str]]:
+    table = dict(SYNTHETIC_TASKS)
+    table.update({k: tuple(v) for k, v in dict(eval_cfg.get("tasks", {})).items()})
+    return table
+
+
+def evaluate(module: models.VLM, params: Any, loader: data_lib.Loader, *, max_new_tokens: int,
+             tasks: dict[str, tuple[str, str]] | None = None, prune=None,
+             num_examples: int = -1) -> dict:
+    """Greedy-decodes every example of `loader` (eval mode) and scores it.
+
+    Returns {"tasks", "families", "overall", "counts", "records", "cost"}.
+    """
+    tok = loader.tokenizer
+    tasks = tasks or SYNTHETIC_TASKS
+    gen = Generator(module, max_new_tokens, stop_ids=(tok.eos_id,), pad_id=tok.pad_id, prune=prune)
+    records, prefill_s, decode_s, text_tokens = [], [], [], []
+    for batch in loader:
+        arrays, meta = data_lib.split_batch(batch)
+        inputs = {"image": arrays["image"], "tokens": arrays["prompt"], "valid": arrays["prompt_valid"],
+                  "question": arrays["question"], "question_valid": arrays["question_valid"]}
+        out = gen(params, inputs)
+        prefill_s.append(out.prefill_s)
+        decode_s.append(out.decode_s_per_token)
+        keep = np.flatnonzero(arrays["example_mask"])
+        n_prompt = arrays["prompt_valid"].sum(1) - module.cfg.num_visual_tokens
+        for i in keep:
+            task = str(meta["task"][i])
+            if task not in tasks:
+                raise ValueError(f"no metric for task {task!r} (example {meta['id'][i]}); add it "
+                                 f"to eval.tasks as task: (metric, family)")
+            metric, family = tasks[task]
+            pred = tok.decode(out.tokens[i, : out.lengths[i]])
+            example = {"answer": meta["answer"][i], "answers": list(meta["answers"][i])}
+            records.append({"id": str(meta["id"][i]), "task": task, "family": family,
+                            "score": metrics_lib.METRICS[metric](pred, example),
+                            "prediction": pred, "answer": str(meta["answer"][i])})
+            text_tokens.append(int(n_prompt[i]))
+        if 0 < num_examples <= len(records):
+            break
+    if not records:
+        raise ValueError("the eval loader yielded no examples")
+    result = metrics_lib.aggregate([{k: r[k] for k in ("task", "family", "score")} for r in records])
+    result["records"] = records
+    result["cost"] = cost_report(module.cfg, float(np.mean(text_tokens)), prefill_s, decode_s,
+                                 batch_size=loader.batch_size)
+    return result
+
+
+def cost_report(cfg, text_tokens: float, prefill_s: list[float], decode_s: list[float],
+                batch_size: int, schedule=None) -> dict:
+    """Visual / text tokens, per-component FLOPs per example, measured latencies."""
+    warm = prefill_s[1:] or prefill_s  # the first batch includes compilation
+    warm_dec = decode_s[1:] or decode_s
+    fl = flops_lib.vlm_flops(cfg, text_tokens=int(round(text_tokens)), schedule=schedule)
+    return {"visual_tokens": cfg.num_visual_tokens, "text_tokens": text_tokens,
+            "flops": {k: float(v) for k, v in fl.items()},
+            "ttft_ms": 1e3 * float(np.median(warm)), "decode_ms_per_token": 1e3 * float(np.median(warm_dec)),
+            "batch_size": batch_size, "timed_batches": len(warm)}
+
+
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
+    """(config, params) of the latest checkpoint of a training run directory."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    from vlm_jax.train.checkpoint import Checkpoints
+    ckpts = Checkpoints(workdir, async_save=False)
+    step = ckpts.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no complete checkpoint in {ckpts.directory}")
+    with open(os.path.join(ckpts.directory, str(step), "config", "metadata")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    state = ocp.StandardCheckpointer().restore(os.path.join(ckpts.directory, str(step), "state"))
+    return config, state["params"]
+
+
+def evaluate_config(config: ml_collections.ConfigDict, params: Any) -> dict:
+    """Evaluates `params` of the model in `config` on `config.eval`."""
+    ecfg = ml_collections.ConfigDict(dict(default_config(), **dict(config.get("eval", {}))))
+    unknown = set(ecfg.keys()) - EVAL_KEYS
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in config.eval; known: {sorted(EVAL_KEYS)}")
+    from vlm_jax.train import data_feed
+    feed = data_feed.make(config, split=ecfg.split, mode="eval", batch_size=ecfg.batch_size)
+    module = models.build(config.model)
+    result = evaluate(module, jax.device_put(params), feed.loader, max_new_tokens=ecfg.max_new_tokens,
+                      tasks=task_table(ecfg), num_examples=ecfg.num_examples)
+    log.info("eval %s: overall %.3f  %s", ecfg.split, result["overall"],
+                 {k: round(v, 3) for k, v in result["tasks"].items()})
+    return result
+
+
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """mode=eval: evaluate the latest checkpoint in `workdir` (the config's eval section)."""
+    from vlm_jax.train.checkpoint import write_json_atomic
+    _, params = load_run(workdir)
+    result = evaluate_config(config, params)
+    write_json_atomic(os.path.join(workdir, "eval.json"), {k: v for k, v in result.items()})
+    return result
