@@ -24,6 +24,8 @@ partial batch dropped; `iter(loader)` is grain's DataLoaderIterator (`get_state(
 `set_state()`, or orbax via `grain.PyGrainCheckpointHandler`). Eval mode: one pass, in order,
 the last batch padded with masked rows, and every shard yields the same `num_batches` (extra
 fully-masked batches where a shard runs short), so multi-host loops stay in step.
+With `data.worker_count > 0` each grain worker batches its own records, so the batch order
+depends on the worker count (a resumed run must keep it).
 """
 
 from __future__ import annotations
