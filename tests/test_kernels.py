@@ -190,3 +190,13 @@ def test_topk_compact_errors():
         topk_compact(jnp.zeros((2, 4)), jnp.zeros(3, jnp.int32), 2, [x])
     with pytest.raises(ValueError, match="cannot lower on 'cpu'"):
         topk_compact(jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32), 2, [x], impl="pallas")
+
+
+def test_kernel_benchmark_smoke_on_cpu(capsys):
+    from vlm_jax.bench.kernels import main
+
+    report = main([])
+    out = capsys.readouterr()
+    assert report["smoke"] and "NOT timings" in out.err and out.out.splitlines()[-1].startswith("{")
+    for row in report["rows"]:
+        assert row["max_abs_diff_out"] < 1e-5 and row["max_abs_diff_scores"] < 1e-5

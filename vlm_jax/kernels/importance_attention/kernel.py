@@ -35,9 +35,16 @@ def _visible(kvalid, q_start, k_start, shape, causal: bool, offset: int):
     return vis
 
 
+def _precision(dtype):
+    """Full precision for float32 operands; the native MXU pass for 16-bit ones (Mosaic rejects
+    HIGHEST on bf16, which a global `jax_default_matmul_precision` would otherwise ask for)."""
+    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
 def _qk(q, k, scale: float):
     """`[bq, Dh] x [bk, Dh] -> [bq, bk]` float32 logits."""
-    s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=_precision(q.dtype),
+                            preferred_element_type=jnp.float32)
     return s * scale
 
 
@@ -59,7 +66,8 @@ def _attention_kernel(q_ref, k_ref, v_ref, kvalid_ref, o_ref, lse_ref, *, scale,
         p = jnp.where(vis, jnp.exp(s - m_new), 0.0)
         alpha = jnp.exp(m - m_new)
         denom = alpha * denom + jnp.sum(p, axis=1, keepdims=True)
-        acc = alpha * acc + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        acc = alpha * acc + jnp.dot(p.astype(v.dtype), v, precision=_precision(v.dtype),
+                                    preferred_element_type=jnp.float32)
         return m_new, denom, acc
 
     n = num_k_blocks
