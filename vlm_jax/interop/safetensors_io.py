@@ -2,8 +2,8 @@
 
 A checkpoint directory holds `model.safetensors`, or shards `model-0000i-of-0000n.safetensors`
 listed by `model.safetensors.index.json`. `Checkpoint` lists names, shapes and dtypes from the
-file headers without reading data, and reads one tensor at a time (as float32), file by file,
-so a large checkpoint never sits in memory twice. `write_checkpoint` takes tensor producers and
+file headers without reading data, and reads one tensor at a time (as float32), so a large
+checkpoint never sits in memory twice. `write_checkpoint` takes tensor producers and
 materialises one shard at a time.
 """
 
@@ -82,21 +82,23 @@ class Checkpoint:
         return self._headers[self._file_of[name]][name]["dtype"]
 
     def iter_tensors(self, names: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """Yields `(name, float32 array)` for `names`, one file at a time, one tensor at a time."""
+        """Yields `(name, float32 array)` for `names`, file by file, one tensor at a time.
+
+        Each tensor is read through its own short-lived `safe_open`, so the memory map is
+        released before the next one: resident memory stays at the arrays handed out plus one
+        tensor, never a whole shard.
+        """
         wanted = set(names)
         for path in self.files:
-            mine = [n for n in self._headers[path] if n in wanted]
-            if not mine:
-                continue
-            with safe_open(path, framework="numpy") as f:
-                for name in mine:
-                    yield name, self._read(f, path, name)
+            for name in [n for n in self._headers[path] if n in wanted]:
+                yield name, self._read(path, name)
 
-    def _read(self, f, path: str, name: str) -> np.ndarray:
+    def _read(self, path: str, name: str) -> np.ndarray:
         entry = self._headers[path][name]
         special = _NUMPY_UNSUPPORTED.get(entry["dtype"])
         if special is None:
-            return np.asarray(f.get_tensor(name), dtype=np.float32)
+            with safe_open(path, framework="numpy") as f:
+                return np.asarray(f.get_tensor(name), dtype=np.float32)
         # numpy has no bfloat16 / float8: read the raw bytes, view them with ml_dtypes.
         count = int(np.prod(entry["shape"], dtype=np.int64))
         with open(path, "rb") as raw:
