@@ -49,7 +49,7 @@ def rules_for(preset_or_rules: str | Sequence) -> Rules:
 def make_mesh(shape: dict[str, int] | None = None, devices: Sequence | None = None) -> Mesh:
     """A mesh with axes (data, fsdp, tensor); one axis may be -1 (all remaining devices).
 
-    Default: every device on `data`.
+    Default: every device on `data`. Without -1 the mesh takes the first devices it needs.
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = dict(shape or {"data": -1})
@@ -64,6 +64,8 @@ def make_mesh(shape: dict[str, int] | None = None, devices: Sequence | None = No
         if len(devices) % known:
             raise ValueError(f"{len(devices)} devices do not divide mesh {shape}")
         sizes[sizes.index(-1)] = len(devices) // known
+    else:
+        devices = devices[:known]
     if int(np.prod(sizes)) != len(devices):
         raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
                          f"have {len(devices)}")

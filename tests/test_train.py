@@ -1,0 +1,133 @@
+"""The trainer: resume after SIGKILL, device-count invariance, NaN stop, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from vlm_jax.train import checkpoint as ckpt_lib
+from vlm_jax.train import trainer as trainer_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import tiny_vlm  # noqa: E402
+
+ARG = "llm=s,V=4,res=32,batch=8,steps=12,compressor=quecc"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir: str, **train) -> ml_collections.ConfigDict:
+    c = tiny_vlm.get_config(ARG + f",data_dir={data_dir}")
+    c.data.synthetic.num_train = 96
+    c.data.synthetic.num_validation = 16
+    c.data.synthetic.num_test = 16
+    c.train.log_every = 1
+    c.train.ckpt_every = 3
+    c.train.async_ckpt = False
+    c.train.update(train)
+    return c
+
+
+def _overrides(c: ml_collections.ConfigDict, data_dir: str) -> list[str]:
+    return [f"--config.data.data_dir={data_dir}", "--config.data.synthetic.num_train=96",
+            "--config.data.synthetic.num_validation=16", "--config.data.synthetic.num_test=16",
+            "--config.train.log_every=1", "--config.train.ckpt_every=3"]
+
+
+def _main_cmd(workdir: str, data_dir: str) -> list[str]:
+    return [sys.executable, "-m", "vlm_jax.main", f"--config=configs/tiny_vlm.py:{ARG}",
+            f"--workdir={workdir}"] + _overrides(None, data_dir)
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("XLA_FLAGS", None)  # one device, as a user would run it
+    return env
+
+
+def _fingerprint(workdir: str) -> str:
+    with open(os.path.join(workdir, "run_summary.json")) as f:
+        return json.load(f)["param_fingerprint"]
+
+
+def test_sigkill_resume_matches_uninterrupted_run(tmp_path, data_dir):
+    ref_dir, cut_dir = str(tmp_path / "ref"), str(tmp_path / "cut")
+    subprocess.run(_main_cmd(ref_dir, data_dir), check=True, cwd=REPO, env=_env(),
+                   capture_output=True)
+    # Start the same run, SIGKILL it once a checkpoint exists and training has moved on.
+    proc = subprocess.Popen(_main_cmd(cut_dir, data_dir), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = os.path.join(cut_dir, "checkpoints")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if any(int(s) >= 6 for s in steps) or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(cut_dir, "run_summary.json")), "killed too late"
+    # A half-written checkpoint left by a kill is never taken for a good one.
+    os.makedirs(os.path.join(ckpt_dir, "99.orbax-checkpoint-tmp-1234", "state"), exist_ok=True)
+    assert ckpt_lib.Checkpoints(cut_dir).latest_step() < 12
+    subprocess.run(_main_cmd(cut_dir, data_dir), check=True, cwd=REPO, env=_env(),
+                   capture_output=True)
+    assert _fingerprint(cut_dir) == _fingerprint(ref_dir)
+
+
+def test_one_vs_eight_devices_give_equal_parameters(tmp_path, data_dir):
+    """The same steps on 1 device and on 8 (dp and fsdp presets) give equal parameters."""
+    from vlm_jax.eval.evaluator import load_run
+    assert len(jax.devices()) == 8
+    params = {}
+    for name, mesh, preset in (("one", {"data": 1}, "dp"), ("dp8", {"data": -1}, "dp"),
+                               ("fsdp8", {"fsdp": -1}, "fsdp")):
+        c = tiny_config(data_dir, steps=4)
+        c.mesh, c.sharding = mesh, preset
+        trainer_lib.train(c, str(tmp_path / name))
+        params[name] = load_run(str(tmp_path / name))[1]
+    flat_one = jax.tree_util.tree_leaves_with_path(params["one"])
+    for other in ("dp8", "fsdp8"):
+        flat = dict(jax.tree_util.tree_leaves_with_path(params[other]))
+        for path, a in flat_one:
+            np.testing.assert_allclose(a, flat[path], rtol=2e-4, atol=2e-5,
+                                       err_msg=f"{other}: {jax.tree_util.keystr(path)}")
+
+
+def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, data_dir):
+    c = tiny_config(data_dir, steps=12, ckpt_every=1)
+    c.optim.lr = 1e30
+    c.optim.warmup_frac = 0.0
+    c.optim.clip_norm = 0.0
+    with pytest.raises(trainer_lib.NonFiniteLossError, match=r"loss is (nan|inf) at step \d+") as e:
+        trainer_lib.train(c, str(tmp_path))
+    last = ckpt_lib.Checkpoints(str(tmp_path)).latest_step()
+    assert last is not None and f"step {last}" in str(e.value)
+    from vlm_jax.eval.evaluator import load_run
+    params = load_run(str(tmp_path))[1]
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def test_unknown_config_keys_are_errors(tmp_path, data_dir):
+    c = tiny_config(data_dir)
+    c.train.stepz = 3
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stepz'\] in config.train"):
+        trainer_lib.train(c, str(tmp_path))
+    c = tiny_config(data_dir)
+    c.optim.learning_rate = 3
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rate'\] in config.optim"):
+        trainer_lib.train(c, str(tmp_path / "b"))
+    proc = subprocess.run(_main_cmd(str(tmp_path / "c"), data_dir) + ["--config.train.nope=1"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert proc.returncode != 0 and "nope" in proc.stderr
