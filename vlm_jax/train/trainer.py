@@ -61,11 +61,14 @@ def _match_suffix(tree, param_shardings: dict[str, Any], replicated):
 class Trainer:
     """Holds the compiled step, shardings and state for one run (see module docstring)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, vocab_size: int | None = None):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, vocab_size: int | None = None,
+                 devices=None):
+        """`devices`: the mesh's devices (default `jax.devices()`; launch/aot.py passes a TPU
+        topology's devices to compile ahead of time)."""
         _check_keys(config.train, TRAIN_KEYS, "train")
         self.config, self.workdir = config, workdir
         self.task = tasks.make_task(config, vocab_size)
-        self.mesh = sharding.make_mesh(dict(config.mesh))
+        self.mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
         self.rules = sharding.rules_for(config.sharding)
         boxed = tasks.abstract_params(self.task)["params"]
         abstract = nn.meta.unbox(boxed)
@@ -143,29 +146,42 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
     config_json = config.to_dict()
     metrics: dict[str, float] = {}
-    t0, steps_done, examples = time.time(), 0, 0
-    for step in range(start + 1, tcfg.steps + 1):
-        state, m = trainer.step(state, feed.arrays(next(it)))
+    t0, first = time.time(), start + 1
+
+    def finish(step: int, m: dict) -> None:
+        """Checks, logs and checkpoints a dispatched step (blocks until it is done)."""
+        nonlocal metrics
         loss = float(m["loss"])
         if not np.isfinite(loss):
             ckpts.wait()
-            last = ckpts.latest_step()
             raise NonFiniteLossError(
                 f"loss is {loss} at step {step}; stopped without saving. Last good checkpoint: "
-                f"step {last} in {ckpts.directory}")
-        steps_done += 1
-        examples += tcfg.batch_size
+                f"step {ckpts.latest_step()} in {ckpts.directory}")
         if step % tcfg.log_every == 0 or step == tcfg.steps:
             metrics = {k: float(v) for k, v in m.items()}
             dt = time.time() - t0
-            rate = steps_done / dt
-            metrics.update(steps_per_sec=rate, examples_per_sec=examples / dt)
+            rate = (step - first + 1) / dt
+            metrics.update(steps_per_sec=rate, examples_per_sec=rate * tcfg.batch_size)
             writer.write_scalars(step, metrics)
-            eta = (tcfg.steps - step) / max(rate, 1e-9)
-            log.info("step %d/%d loss %.4f  %.2f steps/s  %.1f ex/s  ETA %.0fs", step,
-                         tcfg.steps, loss, rate, examples / dt, eta)
+            log.info("step %d/%d loss %.4f  %.2f steps/s  %.1f ex/s  ETA %.0fs", step, tcfg.steps,
+                     loss, rate, rate * tcfg.batch_size, (tcfg.steps - step) / max(rate, 1e-9))
         if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
             ckpts.save(step, state, it, config_json)
+
+    # The next batch is read while the dispatched step runs; a checkpoint step is finished
+    # first so the saved iterator state matches the saved parameters.
+    pending = None
+    for step in range(start + 1, tcfg.steps + 1):
+        if pending and pending[0] % tcfg.ckpt_every == 0:
+            finish(*pending)
+            pending = None
+        arrays = feed.arrays(next(it))
+        if pending:
+            finish(*pending)
+        state, m = trainer.step(state, arrays)
+        pending = (step, m)
+    if pending:
+        finish(*pending)
     ckpts.wait()
     writer.flush()
     final_step = int(jax.device_get(state["step"]))

@@ -1,0 +1,116 @@
+"""Training throughput: step time, examples/s and model FLOPs utilisation on this machine.
+
+    python -m vlm_jax.bench.train [--arg llm=l,V=16] [--steps 20]
+
+The model is configs/tiny_vlm.py at the given arg (default: the tiny sweep's largest LLM).
+MFU = analytic model FLOPs per second / the CPU's f32 matmul peak measured in the same run
+with a large jitted matmul. Model FLOPs (vlm_jax.scaling.flops): forward x 3 for what trains,
+the LM head over every position, the no-gradient text query once. The same steps are timed
+fed from an in-memory batch and from the real grain pipeline (as the trainer's loop: the next
+batch is read while a step runs). Prints a table, then one JSON line with `mfu` and
+`pipeline_overhead` as fractions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best f32 FLOP/s of an n x n x n jitted matmul."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arg", default="llm=l,V=16", help="configs/tiny_vlm.py argument")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=32)
+    args = p.parse_args(argv)
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    import tiny_vlm
+
+    from vlm_jax import models
+    from vlm_jax.scaling import flops as flops_lib
+    from vlm_jax.train import data_feed
+    from vlm_jax.train.trainer import Trainer
+
+    config = tiny_vlm.get_config(f"{args.arg},batch={args.batch}")
+    config.data.synthetic.num_train = max(4000, args.batch * (2 * args.steps + 4))
+    feed = data_feed.make(config)
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(config, d, vocab_size=feed.vocab_size)
+    it = feed.iterator()
+    state = trainer.init_state()
+    fixed = feed.arrays(next(it))
+    for _ in range(2):  # compile + warm-up
+        state, m = trainer.step(state, fixed)
+    jax.block_until_ready(m)
+
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        state, m = trainer.step(state, fixed)
+    jax.block_until_ready(m)
+    mem_s = (time.perf_counter() - t) / args.steps
+
+    t = time.perf_counter()
+    pending = None
+    for _ in range(args.steps):  # as the trainer's loop: read the next batch while a step runs
+        arrays = feed.arrays(next(it))
+        if pending is not None:
+            float(pending["loss"])
+        state, pending = trainer.step(state, arrays)
+    float(pending["loss"])
+    pipe_s = (time.perf_counter() - t) / args.steps
+
+    cfg = models.from_dict(config.model)
+    text = config.data.max_text_len
+    fwd = flops_lib.vlm_flops(cfg, text_tokens=text, question_tokens=config.data.max_question_len)
+    seq = cfg.num_visual_tokens + text
+    lm_head_all = 2 * cfg.llm.width * cfg.llm.vocab_size * seq  # training scores every position
+    # Forward + backward (2x) for everything that trains; the text query runs without gradient.
+    step_flops = args.batch * (3 * (fwd["total"] - fwd["text_query"] - fwd["lm_head"] + lm_head_all)
+                               + fwd["text_query"])
+    peak = matmul_peak()
+    mfu = step_flops / mem_s / peak
+    overhead = pipe_s / mem_s - 1
+    n_params = flops_lib.param_count(cfg)
+    print(f"tiny VLM {args.arg}: {n_params / 1e6:.2f}M parameters, batch {args.batch}, "
+          f"sequence {cfg.num_visual_tokens + text}, {os.cpu_count()} CPU cores, "
+          f"{len(jax.devices())} device(s)")
+    print(f"{'feed':12s} {'step ms':>8s} {'examples/s':>11s} {'model GFLOP/s':>14s}")
+    for name, s in (("in-memory", mem_s), ("grain", pipe_s)):
+        print(f"{name:12s} {s * 1e3:8.1f} {args.batch / s:11.1f} {step_flops / s / 1e9:14.2f}")
+    print(f"CPU f32 matmul peak (2048^3, same run): {peak / 1e9:.1f} GFLOP/s")
+    print(f"MFU {100 * mfu:.1f}% (target >= 30%)   pipeline overhead {100 * overhead:.1f}% "
+          f"(target <= 5%)")
+    summary = {"mfu": mfu, "pipeline_overhead": overhead, "step_ms": mem_s * 1e3,
+               "pipeline_step_ms": pipe_s * 1e3, "examples_per_s": args.batch / mem_s,
+               "peak_gflops": peak / 1e9, "model_gflop_per_step": step_flops / 1e9,
+               "params": n_params}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
