@@ -13,23 +13,9 @@ import ml_collections
 from vlm_jax import data
 from vlm_jax.config_args import parse_arg
 from vlm_jax.eval import evaluator
-from vlm_jax.models.config import CompressorConfig, LLMConfig, ViTConfig, VLMConfig, to_dict
+from vlm_jax.models.config import CompressorConfig, VLMConfig, to_dict
+from vlm_jax.models.presets import tiny_sweep_llm, tiny_sweep_vision
 from vlm_jax.train import optimizer, trainer
-
-# Tiny LLMs of the sweep: (width, depth, heads, kv_heads).
-TINY_LLMS = {"s": (48, 2, 4, 2), "m": (96, 3, 4, 2), "l": (192, 4, 6, 2)}
-
-
-def tiny_llm(size: str, vocab_size: int) -> dict:
-    width, depth, heads, kv = TINY_LLMS[size]
-    return to_dict(LLMConfig(family="qwen2", vocab_size=vocab_size, width=width, depth=depth,
-                             heads=heads, kv_heads=kv, mlp_dim=width * 8 // 3 // 8 * 8,
-                             rope_theta=1e4, qkv_bias=True, tie_embeddings=True, max_len=512))
-
-
-def tiny_vision(res: int) -> ViTConfig:
-    return ViTConfig(family="clip", image_size=res, patch_size=res // 8, width=64, depth=3,
-                     heads=4, mlp_dim=256)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,10 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mode = "train"
     c.stage = 2
-    vision = tiny_vision(a.res)
     model = VLMConfig(
-        vision=vision, llm=LLMConfig(**{k: v for k, v in tiny_llm(a.llm, tok.vocab_size).items()
-                                        if k != "kind"}),
+        vision=tiny_sweep_vision(a.res), llm=tiny_sweep_llm(a.llm, tok.vocab_size),
         compressor=CompressorConfig(name=a.compressor, num_tokens=a.V, feature_layers=(1, 2, 3),
                                     heads=4),
         image_token_id=tok.image_token_id)
@@ -51,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = a.data_dir
     c.data.synthetic.resolution = a.res
     c.data.synthetic.num_train = 8000
-    c.data.max_text_len = 24
+    c.data.max_text_len = 20
     c.data.max_question_len = 16
     c.train = trainer.default_config()
     c.train.steps = a.steps

@@ -15,33 +15,11 @@ import logging  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from vlm_jax.modes import run  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-MODES = ("train", "eval", "train_eval", "sweep", "prune_search")
-
-
-def run(config, workdir: str):
-    """Dispatches on `config.mode`; returns the mode's result."""
-    mode = config.get("mode", "train")
-    if mode == "train":
-        from vlm_jax.train.trainer import train
-        return train(config, workdir)
-    if mode == "eval":
-        from vlm_jax.eval.evaluator import evaluate_run
-        return evaluate_run(config, workdir)
-    if mode == "train_eval":
-        from vlm_jax.scaling.sweep import run_point
-        return run_point(config, workdir)
-    if mode == "sweep":
-        from vlm_jax.scaling.sweep import run_sweep
-        return run_sweep(config, workdir)
-    if mode == "prune_search":
-        from vlm_jax.pruning import run as prune_run
-        return prune_run(config, workdir)
-    raise ValueError(f"config.mode must be one of {MODES}, got {mode!r}")
-
 
 def main(argv):
     del argv

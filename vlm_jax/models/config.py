@@ -152,12 +152,17 @@ def from_dict(d: Any) -> ViTConfig | LLMConfig | VLMConfig:
     if "vision" in d and "llm" in d:
         sub = {}
         for key, cls in _CLASSES.items():
-            v = d.pop(key, {})
+            v = d.get(key, {})
             if isinstance(v, str):
                 from vlm_jax.models import presets
                 v = presets.get(v)
-            sub[key] = v if dataclasses.is_dataclass(v) else _make(cls, dict(v), f"model.{key}")
-        cfg = _make(VLMConfig, d, "model")
+            if not dataclasses.is_dataclass(v):
+                v = dict(v)
+                if v.pop("kind", key) != key:
+                    raise ValueError(f"model.{key} has kind={d[key]['kind']!r}, expected {key!r}")
+                v = _make(cls, v, f"model.{key}")
+            sub[key] = v
+        cfg = _make(VLMConfig, {k: x for k, x in d.items() if k not in _CLASSES}, "model")
         return dataclasses.replace(cfg, **sub)
     kind = d.pop("kind", None)
     if kind not in _CLASSES or kind == "compressor":

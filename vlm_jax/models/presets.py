@@ -78,3 +78,22 @@ def get(name: str) -> ViTConfig | LLMConfig | VLMConfig:
         if name in table:
             return table[name]
     raise ValueError(f"unknown model preset {name!r}; known: {NAMES}")
+
+
+# The tiny sweep's LLM sizes (configs/sweep_tiny.py): name -> (width, depth, heads, kv_heads).
+TINY_SWEEP_LLMS = {"s": (48, 2, 4, 2), "m": (96, 3, 4, 2), "l": (192, 4, 6, 2)}
+
+
+def tiny_sweep_llm(size: str, vocab_size: int) -> LLMConfig:
+    """A Qwen2-style tiny LLM of the CPU sweep (SwiGLU width ~8/3 of the model width)."""
+    if size not in TINY_SWEEP_LLMS:
+        raise ValueError(f"unknown tiny LLM size {size!r}; known: {sorted(TINY_SWEEP_LLMS)}")
+    width, depth, heads, kv = TINY_SWEEP_LLMS[size]
+    return LLMConfig(family="qwen2", vocab_size=vocab_size, width=width, depth=depth, heads=heads,
+                     kv_heads=kv, mlp_dim=width * 8 // 3 // 8 * 8, rope_theta=1e4, qkv_bias=True,
+                     tie_embeddings=True, max_len=512)
+
+
+def tiny_sweep_vision(resolution: int) -> ViTConfig:
+    """The CPU sweep's CLIP-style tower: an 8 x 8 patch grid at any resolution."""
+    return ViTConfig("clip", resolution, resolution // 8, 64, 3, 4, 256, 1e-5)

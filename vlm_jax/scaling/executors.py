@@ -1,6 +1,6 @@
 """Executors run one sweep point (a config and a workdir) somewhere.
 
-The sweep logic never knows where: `inprocess` calls `vlm_jax.main.run` in this process,
+The sweep logic never knows where: `inprocess` calls `vlm_jax.modes.run` in this process,
 `subprocess` starts `python -m vlm_jax.main` per point (a crash or a kill takes only that
 point), and a pod executor (launch/) does the same on a TPU slice. All of them write the
 point's config to `WORKDIR/config.json` and run it with configs/from_json.py.
@@ -31,7 +31,7 @@ class InProcess:
     """Runs points one after the other in this Python process."""
 
     def run(self, name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
-        from vlm_jax.main import run
+        from vlm_jax.modes import run
         write_point_config(config, workdir)
         run(config, workdir)
 
