@@ -14,10 +14,10 @@ $(BIN)/.installed: requirements.txt requirements-test.txt pyproject.toml
 venv: $(BIN)/.installed
 
 sweep: venv  ## the main job: the built-in tiny scaling sweep on CPU
-	$(BIN)/python -m vlm_jax.main --config=configs/sweep_tiny.py --workdir=$(WORKDIR)
+	JAX_PLATFORMS=cpu $(BIN)/python -m vlm_jax.main --config=configs/sweep_tiny.py --workdir=$(WORKDIR)
 
 demo: venv  ## tiny LLaVA-shaped model on one image and prompt
-	$(BIN)/python -m vlm_jax.demo
+	JAX_PLATFORMS=cpu $(BIN)/python -m vlm_jax.demo
 
 test: venv  ## the default (fast) test suite
 	$(BIN)/ruff check vlm_jax tests configs launch
