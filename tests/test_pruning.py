@@ -13,6 +13,7 @@ from vlm_jax.models.layers import attention_weights
 from vlm_jax.models.llm import default_positions, init_cache
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import PruneSpec, ScheduleError, cache_sizes, generate, schedules
+from vlm_jax.pruning.generate import generate_fn
 from vlm_jax.pruning.metrics import random_calibration
 
 DEPTH = 4
@@ -157,6 +158,9 @@ def test_cached_generation_equals_uncached(model, batch, keep, query):
         logits = fwd(jnp.asarray(full), jnp.asarray(full_valid))
         full[:, n + t] = np.asarray(jnp.argmax(logits[:, out_len - steps - 1 + t], -1))
     np.testing.assert_array_equal(cached, full[:, n:])
+    other = {**batch, "images": batch["images"] + 1.0}
+    generate(cfg, params, other, spec, steps)
+    assert generate_fn(cfg, spec, steps)._cache_size() == 1  # one compile per schedule
 
 
 def test_pruned_cache_sizes_per_layer(model, batch):

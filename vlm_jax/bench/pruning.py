@@ -63,7 +63,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=4, help="calibration examples")
     ap.add_argument("--text", type=int, default=62, help="prompt text tokens (random source)")
     ap.add_argument("--answer_len", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5, help="timed runs per method (median)")
+    ap.add_argument("--runs", type=int, default=5,
+                    help="timed rounds, round-robin over the methods (median per method)")
+    ap.add_argument("--cache", default="", help="JSON file memoising metric values (reruns)")
     ap.add_argument("--query", default="last", choices=("last", "text"))
     ap.add_argument("--impl", default="xla")
     ap.add_argument("--fastv", default=FASTV, help="FastV K:R settings, comma-separated")
@@ -76,12 +78,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    c = runner._checked(_config(args))
+    c = runner.checked_config(_config(args))
     cfg, params, train_cfg = runner.load_model(c)
     params = jax.device_put(params)
     depth, v = cfg.llm.depth, cfg.num_visual_tokens
-    calib, metric_fn = runner._calibration(cfg, params, train_cfg, c)
-    metric = EvalCache(metric_fn)
+    calib, metric_fn = runner.calibration(cfg, params, train_cfg, c)
+    metric = EvalCache(metric_fn, args.cache or None)
     text = int(np.median(np.asarray(calib["valid"]).sum(1))) - v
     timing = {k: np.asarray(x[:1]) for k, x in calib.items() if k != "answers"}  # batch 1
 
@@ -98,12 +100,13 @@ def main(argv=None) -> dict:
         grid = default_grid(v, tuple(float(f) for f in args.grid.split(",")))
         candidates.append((f"gsearch eps={args.eps:g}", g_search(metric, depth, v, grid,
                                                                   args.eps).keep))
+    specs = {name: None if name == "unpruned" else PruneSpec(keep, args.query, args.impl)
+             for name, keep in candidates}
+    times = runner.ttft(cfg, params, timing, specs, args.runs)
     rows, base = [], None
     for name, keep in candidates:
-        spec = None if name == "unpruned" else PruneSpec(keep, args.query, args.impl)
-        ttft = runner.ttft(cfg, params, timing, spec, args.runs)
         rows.append(report.make_report(name, cfg.llm, keep, text, v, "accuracy", metric(keep),
-                                       ttft, baseline=base))
+                                       times[name], baseline=base))
         base = base or rows[0]
     print(report.format_table(rows), flush=True)
     pruned = [r for r in rows[1:] if r.keep != rows[0].keep]

@@ -39,6 +39,21 @@ def measure_seconds(fn: Callable[[], object], runs: int = 5, warmup: int = 1) ->
     return statistics.median(times)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 5
+                        ) -> dict[str, float]:
+    """Median wall time of each `fn()`, timed round-robin (one call of each per round, after a
+    warm-up round) so that load changes on a shared machine hit every entry alike."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, runs)):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 @dataclasses.dataclass
 class CostReport:
     """The cost of one pruned configuration, relative to the unpruned one where given."""

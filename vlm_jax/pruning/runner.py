@@ -27,6 +27,7 @@ a rerun resumes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from vlm_jax import models
 from vlm_jax.pruning import diagnostics, metrics, report, schedules
 from vlm_jax.pruning.forward import PruneSpec
 from vlm_jax.pruning.generate import generate_fn
-from vlm_jax.pruning.gsearch import EvalCache, default_grid, g_search
+from vlm_jax.pruning.gsearch import EvalCache, MetricFn, default_grid, g_search
 from vlm_jax.pruning.psigmoid import psigmoid_search
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
                    timing_runs=5, diagnostics=True)))
 
 
-def _checked(config) -> ml_collections.ConfigDict:
+def checked_config(config) -> ml_collections.ConfigDict:
     """config merged over the defaults; unknown keys raise naming the section."""
     base = default_config()
     for section in (None, "calib", "prune"):
@@ -121,7 +122,8 @@ def _eval_calibration(cfg, params, train_cfg, c):
     return calib, metric_fn
 
 
-def _calibration(cfg, params, train_cfg, c):
+def calibration(cfg, params, train_cfg, c) -> tuple[dict, MetricFn]:
+    """(calibration arrays, `metric_fn(keep) -> float`) for the checked config `c`."""
     if c.calib.source == "eval":
         if c.prune.metric != "accuracy":
             raise ValueError("calib.source='eval' scores task accuracy; set prune.metric="
@@ -136,22 +138,25 @@ def _calibration(cfg, params, train_cfg, c):
                                       c.prune.impl, c.calib.batch_size)
 
 
-def ttft(cfg, params, batch: dict, spec: PruneSpec | None, runs: int) -> float:
-    """Median seconds of a jitted pruned prefill + first token on `batch`."""
-    fn = generate_fn(cfg, spec, 1)
+def ttft(cfg, params, batch: dict, specs: dict[str, PruneSpec | None], runs: int
+         ) -> dict[str, float]:
+    """Median seconds of a jitted (pruned) prefill + first token on `batch`, per named spec
+    (None: unpruned), timed round-robin."""
     args = (params, batch["images"], batch["tokens"], batch["valid"], batch.get("question"),
             batch.get("question_valid"))
-    return report.measure_seconds(lambda: fn(*args), runs=runs)
+    fns = {name: functools.partial(generate_fn(cfg, spec, 1), *args)
+           for name, spec in specs.items()}
+    return report.measure_interleaved(fns, runs)
 
 
 def run(config, workdir: str) -> dict:
     """Searches/evaluates the schedule `config.prune` names; returns the report dict."""
-    c = _checked(config)
+    c = checked_config(config)
     os.makedirs(workdir, exist_ok=True)
     cfg, params, train_cfg = load_model(c)
     params = jax.device_put(params)
     depth, v = cfg.llm.depth, cfg.num_visual_tokens
-    calib, metric_fn = _calibration(cfg, params, train_cfg, c)
+    calib, metric_fn = calibration(cfg, params, train_cfg, c)
     metric = EvalCache(metric_fn, os.path.join(workdir, "metric_cache.json"))
     p = c.prune
     text = int(np.median(np.asarray(calib["valid"]).sum(1))) - v
@@ -180,12 +185,13 @@ def run(config, workdir: str) -> dict:
     schedules.save(os.path.join(workdir, "schedule.json"), keep, method=p.method, **info)
     timing = {k: np.asarray(x[:c.calib.batch_size]) for k, x in calib.items() if k != "answers"}
     name = "task_score" if c.calib.source == "eval" else p.metric
-    spec = PruneSpec(keep, p.query, p.impl)
+    times = ttft(cfg, params, timing, {"unpruned": None, "pruned": PruneSpec(keep, p.query,
+                                                                              p.impl)},
+                 p.timing_runs)
     base = report.make_report("unpruned", cfg.llm, schedules.full(depth, v), text, v, name,
-                              metric(schedules.full(depth, v)),
-                              ttft(cfg, params, timing, None, p.timing_runs))
+                              metric(schedules.full(depth, v)), times["unpruned"])
     pruned = report.make_report(p.method, cfg.llm, keep, text, v, name, metric(keep),
-                                ttft(cfg, params, timing, spec, p.timing_runs), baseline=base)
+                                times["pruned"], baseline=base)
     print(report.format_table([base, pruned]), flush=True)
     out = {"unpruned": base.to_dict(), "pruned": pruned.to_dict()}
     if p.diagnostics:
