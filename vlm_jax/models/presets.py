@@ -49,6 +49,12 @@ LLM: dict[str, LLMConfig] = {
 }
 
 
+def feature_layers_for(depth: int) -> tuple[int, ...]:
+    """QueCC's multi-layer features: the reference's (12, 16, 22, 23) of a 24-layer tower,
+    scaled to `depth` layers (hidden-state indices, so the deepest is depth - 1)."""
+    return tuple(sorted({round(i * (depth - 1) / 23) for i in (12, 16, 22, 23)}))
+
+
 def llava(vision: str, llm: str, num_tokens: int | None = None, compressor: str = "identity",
           **overrides) -> VLMConfig:
     """A LLaVA-1.5-style VLM from a vision preset and an LLM preset.
@@ -58,7 +64,8 @@ def llava(vision: str, llm: str, num_tokens: int | None = None, compressor: str 
     """
     v, lm = VISION[vision], LLM[llm]
     lm = dataclasses.replace(lm, vocab_size=lm.vocab_size + 1)
-    comp = CompressorConfig(name=compressor, num_tokens=num_tokens)
+    comp = CompressorConfig(name=compressor, num_tokens=num_tokens,
+                            feature_layers=feature_layers_for(v.depth))
     return VLMConfig(vision=v, llm=lm, compressor=comp, image_token_id=lm.vocab_size - 1,
                      **overrides)
 
