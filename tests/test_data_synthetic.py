@@ -206,3 +206,11 @@ def test_grid_png(tmp_path):
 def test_all_texts_cover_tasks():
     texts = all_texts(SyntheticConfig(tasks=("count", "ocr", "caption")), limit=30)
     assert any("how many" in t for t in texts) and any("what is written" in t for t in texts)
+
+
+@pytest.mark.parametrize("max_objects", [4, 5, 9])
+def test_every_task_generates_at_any_allowed_max_objects(max_objects):
+    cfg = SyntheticConfig(max_objects=max_objects, num_train=60)
+    for i in range(60):
+        ex = generate_example(cfg, "train", i)
+        assert len(json.loads(ex["scene"])) <= max_objects

@@ -114,7 +114,10 @@ def compare(rng, stratum: int, max_objects: int):
     values = SHAPES if attr == "shape" else list(COLORS)
     v1, v2 = (values[i] for i in rng.choice(len(values), size=2, replace=False))
     top = min(4, max_objects)
-    n1, n2 = sorted(rng.choice(top + 1, size=2, replace=False).tolist(), reverse=True)
+    while True:  # two different counts that fit the scene (never rejected for max_objects >= 7)
+        n1, n2 = sorted(rng.choice(top + 1, size=2, replace=False).tolist(), reverse=True)
+        if n1 + n2 <= max_objects:
+            break
     if not yes:
         n1, n2 = n2, n1
     n = int(rng.integers(max(n1 + n2, 1), max_objects + 1))
