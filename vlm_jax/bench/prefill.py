@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -84,11 +83,20 @@ def worker_torch(model_dir: str, inputs: dict, repeats: int) -> dict:
     return {"times_ms": times, "last_logits": run()[:, -1].float().numpy().tolist()}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _worker_main(args) -> None:
     inputs = dict(np.load(os.path.join(args.dir, "inputs.npz")))
     fn = worker_jax if args.worker == "jax" else worker_torch
     out = fn(args.dir, inputs, args.repeats)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     with open(os.path.join(args.dir, f"result_{args.worker}.json"), "w") as f:
         json.dump(out, f)
 
