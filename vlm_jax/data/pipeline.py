@@ -67,11 +67,24 @@ def make_tokenizer(data_cfg) -> Tokenizer:
 
 
 def prepare_synthetic(data_cfg):
-    """Generates the synthetic suite into `data.data_dir` unless there; returns the builder."""
+    """Generates the synthetic suite into `data.data_dir` unless there; returns the builder.
+
+    Processes that share the directory (parallel sweep points, hosts) take turns on a lock
+    file, so one generates and the others read what it wrote.
+    """
+    import fcntl
+
     from vlm_jax.data.tfds_builder import prepare_synthetic as prepare
 
     cfg = config_lib.check_config(data_cfg)
-    return prepare(config_lib.synthetic_config(cfg), os.path.expanduser(cfg.data_dir))
+    data_dir = os.path.expanduser(cfg.data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, ".prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return prepare(config_lib.synthetic_config(cfg), data_dir)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def make_source(data_cfg, split: str):
