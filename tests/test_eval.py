@@ -66,3 +66,20 @@ def test_unknown_task_metric_is_a_clear_error(setup):
     with pytest.raises(ValueError, match="no metric for task"):
         evaluator.evaluate(models.build(cfg), params, _loader(c, cfg, 8), max_new_tokens=2,
                            tasks={"count": ("exact_match", "reasoning")})
+
+
+def test_pruned_generation_matches_the_pruning_module(setup):
+    """The evaluator's generator under a schedule equals vlm_jax.pruning.generate."""
+    from vlm_jax.eval.generate import Generator
+    from vlm_jax.pruning import PruneSpec, generate, schedules
+    c, cfg, params = setup
+    batch = next(iter(_loader(c, cfg, 8)))
+    spec = PruneSpec(schedules.fastv(cfg.llm.depth, cfg.num_visual_tokens, k=1, ratio=0.5))
+    tok = data.make_tokenizer(c.data)
+    inputs = {"image": batch["image"], "tokens": batch["prompt"], "valid": batch["prompt_valid"],
+              "question": batch["question"], "question_valid": batch["question_valid"]}
+    ours = Generator(models.build(cfg), 4, stop_ids=(), pad_id=tok.pad_id, prune=spec)(params, inputs)
+    ref = generate(cfg, params, {"images": batch["image"], "tokens": batch["prompt"],
+                                 "valid": batch["prompt_valid"], "question": batch["question"],
+                                 "question_valid": batch["question_valid"]}, spec, 4)
+    np.testing.assert_array_equal(ours.tokens, np.asarray(ref))

@@ -40,8 +40,12 @@ class Generator:
         b, n = inputs["tokens"].shape
         valid = inputs["valid"]
         positions = default_positions(valid)
-        cache = init_cache(self.module.cfg.llm, b, n + self.max_new)
-        extra = {} if self.prune is None else {"prune": self.prune}
+        if self.prune is None:
+            cache, extra = init_cache(self.module.cfg.llm, b, n + self.max_new), {}
+        else:  # every layer's cache holds the tokens present at that layer (pruned prefill)
+            from vlm_jax.pruning.forward import cache_sizes
+            sizes = cache_sizes(self.prune, n, self.max_new, self.module.cfg.llm.depth)
+            cache, extra = init_cache(self.module.cfg.llm, b, sizes), {"prune": self.prune}
         out = self.module.apply({"params": params}, inputs["image"], inputs["tokens"], valid,
                                 positions, inputs.get("question"), inputs.get("question_valid"),
                                 cache=cache, method="forward", **extra)
