@@ -113,8 +113,9 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
     step = ckpts.latest_step()
     if step is None:
         raise FileNotFoundError(f"no complete checkpoint in {ckpts.directory}")
-    with open(os.path.join(ckpts.directory, str(step), "config", "metadata")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    from etils import epath  # local or gs:// workdirs
+    meta = epath.Path(ckpts.directory) / str(step) / "config" / "metadata"
+    config = ml_collections.ConfigDict(json.loads(meta.read_text()))
     state = ocp.StandardCheckpointer().restore(os.path.join(ckpts.directory, str(step), "state"))
     return config, state["params"]
 

@@ -21,7 +21,8 @@ class Checkpoints:
     """`WORKDIR/checkpoints/<step>/{state,data,config}`; keeps the last `keep` steps."""
 
     def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        local = "://" not in workdir  # gs:// workdirs (pods) stay URLs
+        self.directory = os.path.join(os.path.abspath(workdir) if local else workdir, "checkpoints")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save)
@@ -54,10 +55,16 @@ class Checkpoints:
 
 
 def fingerprint(tree: Any) -> str:
-    """sha256 over every leaf's bytes, in tree order (gathers sharded arrays to the host)."""
+    """sha256 over every leaf's bytes, in tree order (gathers sharded arrays to the host; on
+    several hosts every process must call it, as arrays spanning hosts are all-gathered)."""
+    from jax.experimental import multihost_utils
+
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        arr = np.asarray(jax.device_get(leaf))
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            arr = np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        else:
+            arr = np.asarray(jax.device_get(leaf))
         h.update(jax.tree_util.keystr(path).encode())
         h.update(str(arr.dtype).encode() + str(arr.shape).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
@@ -65,7 +72,12 @@ def fingerprint(tree: Any) -> str:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
+    """Write JSON via a temporary file and rename, so readers never see half a file (on gs://,
+    one object write is atomic already)."""
+    if "://" in path:
+        from etils import epath
+        epath.Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        return
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)

@@ -127,7 +127,8 @@ class Trainer:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) a training run; returns the run summary."""
-    os.makedirs(workdir, exist_ok=True)
+    if "://" not in workdir:  # gs:// (pods): orbax and the writers make what they need
+        os.makedirs(workdir, exist_ok=True)
     feed = data_feed.make(config)
     trainer = Trainer(config, workdir, vocab_size=feed.vocab_size)
     tcfg = config.train
