@@ -64,8 +64,9 @@ def llava(vision: str, llm: str, num_tokens: int | None = None, compressor: str 
     """
     v, lm = VISION[vision], LLM[llm]
     lm = dataclasses.replace(lm, vocab_size=lm.vocab_size + 1)
-    comp = CompressorConfig(name=compressor, num_tokens=num_tokens,
-                            feature_layers=feature_layers_for(v.depth))
+    comp = CompressorConfig(name=compressor, num_tokens=num_tokens)
+    if compressor != "identity":  # the multi-layer features must exist in this tower
+        comp = dataclasses.replace(comp, feature_layers=feature_layers_for(v.depth))
     return VLMConfig(vision=v, llm=lm, compressor=comp, image_token_id=lm.vocab_size - 1,
                      **overrides)
 
