@@ -23,7 +23,7 @@ import tiny_vlm  # noqa: E402  (the point template: configs/tiny_vlm.py)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, smoke=False, steps=400, pretrain_steps=300, data_dir="~/vlm_jax_data/tfds")
+    a = parse_arg(arg, smoke=False, steps=300, pretrain_steps=200, data_dir="~/vlm_jax_data/tfds")
     sizes, tokens = (("s", "m"), (1, 16)) if a.smoke else (("s", "m", "l"), (1, 4, 16, 64))
     steps = 6 if a.smoke else a.steps
     c = ml_collections.ConfigDict()
