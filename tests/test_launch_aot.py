@@ -86,10 +86,11 @@ def test_indivisible_batch_and_bad_topology_are_errors():
 
 @pytest.mark.slow  # ~5 CPU-minutes of XLA compilation
 def test_flagship_llava7b_fits_v5e_4x4():
-    """LLaVA-1.5-7B shape + QueCC at V=16, stage 2, fsdp 4 x tensor 4, global batch 16."""
+    """LLaVA-1.5-7B shape + QueCC at V=16, stage 2, fsdp over 16 chips, global batch 16
+    (measured: 9.4 GiB of 16 per chip, 4.8 of them the sharded state)."""
     import flagship_llava7b
 
-    c = flagship_llava7b.get_config("V=16,batch=16,fsdp=4,tp=4")
+    c = flagship_llava7b.get_config("V=16,batch=16,fsdp=16,tp=1")
     trainer, compiled, timings = aot.compile_train_step(c, "v5e:4x4")
     r = aot.report(c, "v5e:4x4", trainer, compiled, timings)
     print("\n" + aot.format_report(r))

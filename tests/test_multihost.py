@@ -173,15 +173,25 @@ def test_two_hosts_share_a_sharded_array(tmp_path):
 
 
 @pytest.mark.slow  # ~60-90 s: two hosts and a reference each compile the train step
-@pytest.mark.parametrize("sharding", ["dp", "fsdp"])
-def test_two_hosts_agree_with_each_other_and_one_host(tmp_path, sharding):
+@pytest.mark.parametrize("sharding,init_from", [("dp", False), ("fsdp", False), ("fsdp", True)])
+def test_two_hosts_agree_with_each_other_and_one_host(tmp_path, sharding, init_from):
+    """init_from: the hosts start from a 1-device run's checkpoint (read whole on every host,
+    then sharded), as a stage-2 run starts from stage 1."""
     import jax
+    import ml_collections
 
     from vlm_jax import data as data_lib
     from vlm_jax.train import checkpoint as ckpt_lib
+    from vlm_jax.train.trainer import train
 
     config = _tiny_config(str(tmp_path / "tfds"), sharding)
     data_lib.prepare_synthetic(config.data)  # once, before the hosts start reading it
+    if init_from:
+        src = ml_collections.ConfigDict(config.to_dict())
+        src.train.steps, src.mesh, src.sharding = 1, {"data": 1}, "dp"
+        train(src, str(tmp_path / "src"))
+        config.init_from = ml_collections.ConfigDict(dict(workdir=str(tmp_path / "src"),
+                                                          map=(("", ""),)))
     workdir, path = str(tmp_path / "run"), str(tmp_path / "config.json")
     with open(path, "w") as f:
         f.write(config.to_json())

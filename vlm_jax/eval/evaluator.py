@@ -106,9 +106,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
     """(config, params) of the latest checkpoint of a training run directory."""
     import json
 
-    import orbax.checkpoint as ocp
-
-    from vlm_jax.train.checkpoint import Checkpoints
+    from vlm_jax.train.checkpoint import Checkpoints, restore_numpy
     ckpts = Checkpoints(workdir, async_save=False)
     step = ckpts.latest_step()
     if step is None:
@@ -116,7 +114,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
     from etils import epath  # local or gs:// workdirs
     meta = epath.Path(ckpts.directory) / str(step) / "config" / "metadata"
     config = ml_collections.ConfigDict(json.loads(meta.read_text()))
-    state = ocp.StandardCheckpointer().restore(os.path.join(ckpts.directory, str(step), "state"))
+    state = restore_numpy(os.path.join(ckpts.directory, str(step), "state"))  # any topology
     return config, state["params"]
 
 

@@ -54,17 +54,30 @@ class Checkpoints:
         self.manager.close()
 
 
-def fingerprint(tree: Any) -> str:
-    """sha256 over every leaf's bytes, in tree order (gathers sharded arrays to the host; on
-    several hosts every process must call it, as arrays spanning hosts are all-gathered)."""
-    from jax.experimental import multihost_utils
+def restore_numpy(path: str) -> Any:
+    """A saved pytree (e.g. `.../checkpoints/<step>/state`) as numpy arrays, whole on this host:
+    readable on any topology and any number of hosts, unlike a restore into the saved
+    shardings."""
+    tree = ocp.StandardCheckpointer().metadata(path).item_metadata
+    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ocp.PyTreeCheckpointer().restore(path, restore_args=args)
 
+
+def to_host(leaf: Any) -> np.ndarray:
+    """The whole array on this host. An array spanning several hosts is all-gathered, so every
+    process must call this for it, in the same order."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(jax.device_get(leaf))
+
+
+def fingerprint(tree: Any) -> str:
+    """sha256 over every leaf's bytes, in tree order (`to_host` gathers sharded arrays; on
+    several hosts every process must call it)."""
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            arr = np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
-        else:
-            arr = np.asarray(jax.device_get(leaf))
+        arr = to_host(leaf)
         h.update(jax.tree_util.keystr(path).encode())
         h.update(str(arr.dtype).encode() + str(arr.shape).encode())
         h.update(np.ascontiguousarray(arr).tobytes())

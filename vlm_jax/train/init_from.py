@@ -13,10 +13,9 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from vlm_jax.train.checkpoint import Checkpoints
+from vlm_jax.train.checkpoint import Checkpoints, restore_numpy
 
 
 def source_params(spec) -> dict:
@@ -29,8 +28,7 @@ def source_params(spec) -> dict:
     if step is None:
         raise FileNotFoundError(f"init_from.workdir {spec.workdir!r} has no complete checkpoint")
     path = os.path.join(ckpts.directory, str(step), "state")
-    state = ocp.StandardCheckpointer().restore(path)
-    return state["params"]
+    return restore_numpy(path)["params"]  # any source topology, on every host
 
 
 def copy_prefixes(dst: dict, src: dict, mapping) -> tuple[dict, int]:

@@ -112,7 +112,11 @@ class Trainer:
         params = jax.jit(lambda r: nn.meta.unbox(tasks.init_params(self.task, r)["params"]),
                          out_shardings=self.state_shardings["params"])(rng)
         if self.config.get("init_from"):
-            params = init_from.apply(self.config.init_from, jax.device_get(params))
+            host = init_from.apply(self.config.init_from,
+                                   jax.tree_util.tree_map(ckpt_lib.to_host, params))
+            params = jax.tree_util.tree_map(  # numpy, whole on every host -> global arrays
+                lambda a, s: jax.make_array_from_callback(a.shape, s, lambda i: a[i]),
+                host, self.state_shardings["params"])
         return jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,
                                   "opt_state": self.tx.init(p)},
                        in_shardings=(self.state_shardings["params"],),
