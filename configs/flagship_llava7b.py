@@ -2,13 +2,14 @@
 stage 2 (vision tower frozen; compressor, projector and LLM train) on a TPU pod slice.
 
     python launch/aot.py --config=configs/flagship_llava7b.py --topology=v5e:16x16
-    python launch/tpu_pod.py run --config=configs/flagship_llava7b.py:data_root=gs://B/llava \\
+    python launch/tpu_pod.py --config=configs/flagship_llava7b.py:data_root=/mnt/llava \\
         --name=llava7b --zone=... --accelerator=v5litepod-256 --workdir=gs://B/runs/llava7b
 
 arg keys: V (visual tokens, a square dividing the 24x24 grid: 1, 4, 9, 16, 36, 64, 144, 576),
 compressor, batch (global), text (max_text_len), question (max_question_len), steps,
 fsdp / tp (mesh: `fsdp` x `tensor`, one may be -1 = the rest), dtype (compute), remat,
-data_root (LLaVA-665k json, images and the llava-hf checkpoint + tokenizer beneath it).
+data_root (LLaVA-665k json, images and the llava-hf checkpoint + tokenizer beneath it; read as
+files, so on a pod a copy or a gcsfuse mount on every worker).
 The LLM vocabulary is padded to 32064 rows as llava-hf does (image id 32000), so the `vocab`
 axis divides the tensor axis. Weights start from `data_root/llava-1.5-7b-hf` (`init_from`);
 the compressor, absent there, starts random.

@@ -1,6 +1,6 @@
 """A training config or a sweep point as a TPU pod job: gcloud TPU VM, queued resource or xpk.
 
-    python launch/tpu_pod.py --config=configs/flagship_llava7b.py:data_root=gs://B/llava \\
+    python launch/tpu_pod.py --config=configs/flagship_llava7b.py:data_root=/mnt/llava \\
         --name=llava7b --zone=us-west4-a --accelerator=v5litepod-256 \\
         --workdir=gs://B/runs/llava7b [--mode=tpu-vm|queued|xpk] [--spot] [--dry_run]
 
@@ -114,9 +114,9 @@ def setup_command(spec: PodSpec, version: str) -> str:
     """Shell run on every worker: a venv with the pinned requirements and jax[tpu]."""
     py, venv = spec.python, f"~/{spec.code_dir}/.venv"
     return " && ".join([
-        f"(command -v {py} >/dev/null || (sudo apt-get update -qq && sudo apt-get install -y -qq "
-        f"{py} {py}-venv))",
-        f"cd ~/{spec.code_dir}", f"{py} -m venv {venv}",
+        f"cd ~/{spec.code_dir}",
+        f"({py} -m venv {venv} || (sudo apt-get update -qq && sudo apt-get install -y -qq "
+        f"{py} {py}-venv && {py} -m venv --clear {venv}))",
         f"{venv}/bin/pip install -q -U pip",
         f"{venv}/bin/pip install -q -r requirements.txt 'jax[tpu]=={version}'",
         f"{venv}/bin/pip install -q --no-deps -e ."])
