@@ -86,3 +86,14 @@ def test_regeneration_in_a_new_process_writes_identical_bytes(built, tmp_path):
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=env,
                    capture_output=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert _digests(data_dir) == _digests(str(tmp_path))
+
+
+def test_predefined_config_can_be_prepared_by_value(tmp_path):
+    """A SyntheticConfig equal to one of the builder's predefined configs (the defaults at 32
+    px) is accepted, not refused as a clashing custom config."""
+    from vlm_jax.data.synthetic import SyntheticConfig
+    from vlm_jax.data.tfds_builder import prepare_synthetic
+    cfg = SyntheticConfig(resolution=32, num_train=4000, num_validation=500, num_test=500)
+    builder = prepare_synthetic(cfg, str(tmp_path))
+    assert builder.builder_config.synthetic == cfg
+    assert len(builder.as_data_source(split="test")) == 500

@@ -85,8 +85,10 @@ class _SortedSerializer(example_serializer.ExampleSerializer):
 
 def prepare_synthetic(cfg: SyntheticConfig, data_dir: str) -> SyntheticVqa:
     """Generates the suite into `data_dir` unless already there; returns the builder."""
-    builder = SyntheticVqa(config=builder_config(cfg), data_dir=data_dir,
-                           file_format="array_record")
+    config = builder_config(cfg)
+    if config.name in {c.name for c in SyntheticVqa.BUILDER_CONFIGS}:
+        config = config.name  # TFDS refuses a new object named like a predefined config
+    builder = SyntheticVqa(config=config, data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
         # TFDS offers no serializer hook; swap its class in for this call only.
         with mock.patch.object(example_serializer, "ExampleSerializer", _SortedSerializer):
