@@ -5,6 +5,13 @@ from __future__ import annotations
 import ml_collections
 
 
+def check_keys(section, known: set[str], name: str) -> None:
+    """Raises if `section` (a ConfigDict or dict) has keys outside `known`, naming config.NAME."""
+    unknown = set(section.keys()) - set(known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in config.{name}; known: {sorted(known)}")
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     """Values of `arg` cast to the type of each default; an unknown key is an error."""
     out = ml_collections.ConfigDict(defaults)

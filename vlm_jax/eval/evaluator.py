@@ -16,6 +16,7 @@ import numpy as np
 
 from vlm_jax import data as data_lib
 from vlm_jax import models
+from vlm_jax.config_args import check_keys
 from vlm_jax.eval import metrics as metrics_lib
 from vlm_jax.eval.generate import Generator
 from vlm_jax.scaling import flops as flops_lib
@@ -121,9 +122,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
 def evaluate_config(config: ml_collections.ConfigDict, params: Any) -> dict:
     """Evaluates `params` of the model in `config` on `config.eval`."""
     ecfg = ml_collections.ConfigDict(dict(default_config(), **dict(config.get("eval", {}))))
-    unknown = set(ecfg.keys()) - EVAL_KEYS
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in config.eval; known: {sorted(EVAL_KEYS)}")
+    check_keys(ecfg, EVAL_KEYS, "eval")
     from vlm_jax.train import data_feed
     feed = data_feed.make(config, split=ecfg.split, mode="eval", batch_size=ecfg.batch_size)
     module = models.build(config.model)

@@ -24,6 +24,7 @@ import warnings
 
 import ml_collections
 
+from vlm_jax.config_args import check_keys
 from vlm_jax.scaling import executors
 from vlm_jax.train.checkpoint import write_json_atomic
 
@@ -39,9 +40,7 @@ def point_name(llm: str, num_tokens: int, compressor: str) -> str:
 def make_points(config: ml_collections.ConfigDict, workdir: str
                 ) -> list[tuple[str, ml_collections.ConfigDict]]:
     """(name, full point config) for every grid point, in grid order."""
-    unknown = set(config.sweep.keys()) - SWEEP_KEYS
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in config.sweep; known: {sorted(SWEEP_KEYS)}")
+    check_keys(config.sweep, SWEEP_KEYS, "sweep")
     grid = config.sweep.grid
     llms = dict(grid.llm)  # name -> LLM config dict
     points = []

@@ -11,6 +11,8 @@ import jax
 import ml_collections
 import optax
 
+from vlm_jax.config_args import check_keys
+
 OPTIM_KEYS = {"lr", "warmup_frac", "schedule", "end_lr_frac", "weight_decay", "b1", "b2", "eps",
               "clip_norm", "grad_accum", "frozen", "lr_groups", "no_decay"}
 
@@ -74,10 +76,7 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int, lr: float) -> opt
 def make_optimizer(cfg: ml_collections.ConfigDict, params, total_steps: int
                    ) -> optax.GradientTransformation:
     """The optimiser for `params` (used only for their tree structure and paths)."""
-    unknown = set(cfg.keys()) - OPTIM_KEYS
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in config.optim; known: "
-                         f"{sorted(OPTIM_KEYS)}")
+    check_keys(cfg, OPTIM_KEYS, "optim")
     no_decay = re.compile(cfg.no_decay) if cfg.no_decay else None
     decay_mask = jax.tree_util.tree_map_with_path(
         lambda p, _: not (no_decay and no_decay.search(path_str(p))), params)

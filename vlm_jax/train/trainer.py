@@ -21,6 +21,7 @@ import optax
 from clu import metric_writers
 
 from vlm_jax import sharding
+from vlm_jax.config_args import check_keys
 from vlm_jax.train import checkpoint as ckpt_lib
 from vlm_jax.train import data_feed, init_from, tasks
 from vlm_jax.train.optimizer import make_optimizer, path_str, trainable_mask
@@ -41,10 +42,6 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def _check_keys(section: ml_collections.ConfigDict, known: set[str], name: str) -> None:
-    unknown = set(section.keys()) - known
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in config.{name}; known: {sorted(known)}")
 
 
 def _match_suffix(tree, param_shardings: dict[str, Any], replicated):
@@ -65,7 +62,7 @@ class Trainer:
                  devices=None):
         """`devices`: the mesh's devices (default `jax.devices()`; launch/aot.py passes a TPU
         topology's devices to compile ahead of time)."""
-        _check_keys(config.train, TRAIN_KEYS, "train")
+        check_keys(config.train, TRAIN_KEYS, "train")
         self.config, self.workdir = config, workdir
         self.task = tasks.make_task(config, vocab_size)
         self.mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
