@@ -105,7 +105,7 @@ class ViT(nn.Module):
                     padding="VALID", use_bias=cfg.family == "siglip", dtype=dt,
                     param_dtype=jnp.float32, name="patch_embedding",
                     kernel_init=nn.with_logical_partitioning(
-                        nn.initializers.normal(0.02), (None, None, None, "vis_embed")),
+                        nn.initializers.lecun_normal(), (None, None, None, "vis_embed")),
                     bias_init=nn.with_logical_partitioning(
                         nn.initializers.zeros_init(), ("vis_embed",)))(images.astype(dt))
         x = x.reshape(x.shape[0], -1, cfg.width)
