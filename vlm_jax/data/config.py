@@ -7,7 +7,7 @@ Keys (`default_config()` gives every one; unknown keys are an error):
 - `data_dir`: where the synthetic suite's TFDS files are generated (`~` expanded).
 - `synthetic`: the suite's settings: `resolution` (px), `num_train`, `num_validation`,
   `num_test`, `seed`, `tasks` (subset of count, exist, attribute, spatial, compare, ocr,
-  caption), `max_objects` (4-9), `ocr_min_len`, `ocr_max_len`, `ocr_scale` (0 = auto).
+  caption), `max_objects` (2-9), `ocr_min_len`, `ocr_max_len`, `ocr_scale` (0 = auto).
 - `files`: split name -> annotation file, for the non-synthetic sources (any split names).
 - `image_folder`: root that image paths in the annotation files are relative to.
 - `task`: task name recorded on non-synthetic records ("" = the source's default).

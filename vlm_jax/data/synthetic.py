@@ -52,8 +52,8 @@ class SyntheticConfig:
                              f"{sorted(unknown)} or is empty; known: {TASKS}")
         if not 16 <= self.resolution <= 1024:
             raise ValueError(f"synthetic.resolution must be in [16, 1024], got {self.resolution}")
-        if not 4 <= self.max_objects <= scenes.GRID**2:
-            raise ValueError(f"synthetic.max_objects must be in [4, {scenes.GRID**2}], "
+        if not 2 <= self.max_objects <= scenes.GRID**2:
+            raise ValueError(f"synthetic.max_objects must be in [2, {scenes.GRID**2}], "
                              f"got {self.max_objects}")
         if not 1 <= self.ocr_min_len <= self.ocr_max_len:
             raise ValueError(f"need 1 <= ocr_min_len <= ocr_max_len, got {self.ocr_min_len}, "
