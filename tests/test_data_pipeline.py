@@ -231,3 +231,88 @@ def test_different_resolutions_share_scenes(cfg, tmp_path):
     assert set(batch["id"]) == {f"train-{i:07d}" for i in range(8)}
     first = generate_example(syn, "train", int(batch["id"][0].split("-")[1]))
     assert first["image"].shape == (48, 48, 3)
+
+
+# The cheap paths (direct record decode, table normalisation, no per-record rng) against the
+# straightforward ones they replaced: the batches must be bit-identical.
+
+def _reference_image(image, size, aspect, mean, std):
+    """The former process_image: always through PIL, then float math."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(image, np.uint8))
+    if aspect == "pad" and img.width != img.height:
+        side = max(img.width, img.height)
+        square = Image.new("RGB", (side, side), tuple(int(round(float(m) * 255)) for m in mean))
+        square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        img = square
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return (np.asarray(img, np.float32) / 255.0 - mean) / std
+
+
+def test_table_normalisation_is_bit_identical_to_the_float_math():
+    r, c = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    every = np.stack([r, c, 255 - r], -1).astype(np.uint8)  # [256, 256, 3]: each value, channel
+    rng = np.random.default_rng(0)
+    for norm in ("clip", "siglip", "none", ((0.1, 0.2, 0.3), (0.7, 0.8, 0.9))):
+        mean, std = mean_std(norm)
+        for image, size, aspect in [(every, 256, "pad"), (every, 64, "resize"),
+                                    (rng.integers(0, 256, (20, 36, 3), np.uint8), 24, "pad"),
+                                    (rng.integers(0, 256, (20, 36, 3), np.uint8), 36, "pad"),
+                                    (rng.integers(0, 256, (20, 36, 3), np.uint8), 24, "resize")]:
+            out = process_image(image, size, aspect, mean, std)
+            ref = _reference_image(image, size, aspect, mean, std)
+            assert out.dtype == np.float32 and out.shape == (size, size, 3)
+            np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ValueError, match=r"RGB image.*\(8, 8\)"):
+        process_image(np.zeros((8, 8), np.uint8), 8, "pad", mean, std)
+    with pytest.raises(ValueError, match="aspect"):
+        process_image(every, 256, "crop", mean, std)
+
+
+def test_synthetic_records_equal_the_tfds_decode(cfg):
+    for split in ("train", "validation"):
+        source = data.make_source(cfg, split)
+        assert source._records is not None  # the direct path is the one in use
+        for i in range(len(source)):
+            fast, ref = source[i], source._from_tfds(i)
+            assert fast.keys() == ref.keys()
+            for key in fast:
+                if key == "image":
+                    assert fast[key].dtype == ref[key].dtype == np.uint8
+                    np.testing.assert_array_equal(fast[key], ref[key])
+                else:
+                    assert fast[key] == ref[key], (split, i, key)
+
+
+def test_unseeded_sampler_matches_grain_index_sampler():
+    import grain.python as grain
+
+    from vlm_jax.data.pipeline import UnseededRecordSampler
+
+    for shard, shuffle, epochs in [(grain.NoSharding(), True, None),
+                                   (grain.ShardOptions(1, 3, drop_remainder=True), True, 2),
+                                   (grain.NoSharding(), False, 1)]:
+        kw = dict(num_records=50, shard_options=shard, shuffle=shuffle, num_epochs=epochs, seed=7)
+        ours, theirs = UnseededRecordSampler(**kw), grain.IndexSampler(**kw)
+        assert repr(ours) == repr(theirs) and len(ours) == len(theirs)  # checkpoints validate it
+        n = min(len(theirs), 120)
+        assert [ours[i].record_key for i in range(n)] == [theirs[i].record_key for i in range(n)]
+        assert ours[3].index == 3 and ours[3].rng is None
+        if epochs is not None:
+            with pytest.raises(IndexError):
+                ours[len(theirs)]
+
+
+def test_batches_equal_the_reference_pipeline(cfg):
+    """Batch images = the former path (TFDS decode, PIL, float math) on the same records."""
+    for size, norm in ((RES, "clip"), (48, "siglip")):
+        batch = next(iter(_loader(cfg, shuffle=False, image_size=size, normalization=norm)))
+        source = data.make_source(cfg, "train")
+        mean, std = mean_std(norm)
+        for i in range(B):
+            rec = source._from_tfds(i)
+            assert batch["id"][i] == rec["id"]
+            np.testing.assert_array_equal(batch["image"][i],
+                                          _reference_image(rec["image"], size, "pad", mean, std))

@@ -245,16 +245,49 @@ class MMBenchSource(_ListSource):
 
 
 class SyntheticSource:
-    """The built-in suite read back from TFDS (`builder.as_data_source(split)`)."""
+    """The built-in suite read back from TFDS (`builder.as_data_source(split)`).
+
+    Reads a record's bytes from the array_record file, parses the tf.Example proto and decodes
+    only the fields a record uses (the PNG with PIL): the same values as the TFDS data
+    source's generic decode (`data_source[i]`, the fallback), at about a third of its CPU.
+    """
+
+    _TEXT = ("id", "question", "answer", "task", "caption")
 
     def __init__(self, data_source, name: str):
         self._ds, self.file = data_source, name
         self.skipped: collections.Counter = collections.Counter()
+        self._records = getattr(data_source, "data_source", None)  # serialized tf.Examples
+        info = getattr(data_source, "dataset_info", None)
+        image = info.features["image"] if info is not None else None
+        self._image_shape = tuple(image.shape) if image is not None else None
+        if self._records is not None:
+            from tensorflow_datasets.proto import tf_example_pb2
+
+            self._example = tf_example_pb2.Example
 
     def __len__(self) -> int:
         return len(self._ds)
 
     def __getitem__(self, index: int) -> dict:
+        if self._records is None:
+            return self._from_tfds(index)
+        feature = self._example.FromString(self._records[index]).features.feature
+        values = {k: feature[k].bytes_list.value for k in (*self._TEXT, "answers", "image")}
+        if len(values["image"]) != 1 or any(len(values[k]) != 1 for k in self._TEXT):
+            return self._from_tfds(index)  # not the layout this reader knows
+        with Image.open(io.BytesIO(values["image"][0])) as img:
+            image = np.asarray(img, np.uint8)
+        if image.shape != self._image_shape:
+            return self._from_tfds(index)
+        q, a = (values[k][0].decode() for k in ("question", "answer"))
+        return {"id": values["id"][0].decode(), "file": self.file,
+                "task": values["task"][0].decode(), "turns": [[f"{IMAGE_TOKEN}\n{q}", a]],
+                "question": q, "answer": a, "answers": [v.decode() for v in values["answers"]],
+                "caption": values["caption"][0].decode(), "image": image}
+
+    def _from_tfds(self, index: int) -> dict:
+        """The record through TFDS's own decode (features -> numpy)."""
         ex = self._ds[index]
         s = lambda v: v.decode() if isinstance(v, bytes) else str(v)
         q, a = s(ex["question"]), s(ex["answer"])

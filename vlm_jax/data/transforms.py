@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -38,27 +39,53 @@ def mean_std(normalization) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+@functools.lru_cache(maxsize=16)
+def _normalize_table(mean: bytes, std: bytes) -> np.ndarray:
+    """float32 `[256 * 3]`: entry 3 v + c = (v / 255 - mean[c]) / std[c], in float32 exactly
+    as `(np.float32(image) / 255.0 - mean) / std` computes it (so a lookup is bit-identical)."""
+    mean, std = np.frombuffer(mean, np.float32), np.frombuffer(std, np.float32)
+    values = np.arange(256, dtype=np.float32)[:, None] / 255.0
+    return ((values - mean) / std).reshape(-1)
+
+
+_CHANNEL = np.arange(3, dtype=np.uint16)
+
+
+def normalize_image(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """uint8 `[..., 3]` -> float32 `(image / 255 - mean) / std`, by table lookup."""
+    table = _normalize_table(np.asarray(mean, np.float32).tobytes(),
+                             np.asarray(std, np.float32).tobytes())
+    index = image.astype(np.uint16)
+    index *= 3
+    index += _CHANNEL
+    return np.take(table, index)
+
+
 def process_image(image: np.ndarray, size: int, aspect: str, mean: np.ndarray,
                   std: np.ndarray) -> np.ndarray:
     """uint8 `[h, w, 3]` -> float32 `[size, size, 3]`, normalised.
 
     aspect "pad": pad to a square with the mean colour (centred), then resize (LLaVA's
-    `pad`); "resize": resize straight to the square. Bicubic resampling; no resize when the
-    (padded) image already has the target size.
+    `pad`); "resize": resize straight to the square. Bicubic resampling; PIL is skipped
+    when the image already has the target size.
     """
-    img = Image.fromarray(np.asarray(image, np.uint8))
-    if aspect == "pad" and img.width != img.height:
-        side = max(img.width, img.height)
-        fill = tuple(int(round(float(m) * 255)) for m in mean)
-        square = Image.new("RGB", (side, side), fill)
-        square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-        img = square
-    elif aspect not in ("pad", "resize"):
+    if aspect not in ("pad", "resize"):
         raise ValueError(f"aspect must be 'pad' or 'resize', got {aspect!r}")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BICUBIC)
-    x = np.asarray(img, np.float32) / 255.0
-    return (x - mean) / std
+    image = np.asarray(image, np.uint8)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [h, w, 3], got shape {image.shape}")
+    if image.shape[:2] != (size, size):
+        img = Image.fromarray(image)
+        if aspect == "pad" and img.width != img.height:
+            side = max(img.width, img.height)
+            fill = tuple(int(round(float(m) * 255)) for m in mean)
+            square = Image.new("RGB", (side, side), fill)
+            square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+            img = square
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        image = np.asarray(img)
+    return normalize_image(image, mean, std)
 
 
 def pad_to(ids: Sequence[int], length: int, pad_id: int, left: bool = False):
@@ -103,7 +130,7 @@ class Prepare(grain.MapTransform):
 
     def _prepare(self, rec: dict) -> dict:
         enc = self.encoder.conversation(rec["turns"])
-        n_img = sum(t == self.encoder.image_ids[0] for t in enc.tokens) if self.v else 0
+        n_img = enc.tokens.count(self.encoder.image_ids[0]) if self.v else 0
         if n_img != self.v:
             raise DataError("no_image_marker", rec["id"], rec["file"],
                             f"prompt holds {n_img} image placeholders, expected {self.v}")
