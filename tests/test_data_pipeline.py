@@ -284,6 +284,10 @@ def test_synthetic_records_equal_the_tfds_decode(cfg):
                     np.testing.assert_array_equal(fast[key], ref[key])
                 else:
                     assert fast[key] == ref[key], (split, i, key)
+    import pickle  # grain workers (data.worker_count > 0) receive the source pickled
+
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[3]["image"],
+                                  source[3]["image"])
 
 
 def test_unseeded_sampler_matches_grain_index_sampler():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import collections
 import csv
+import functools
 import io
 import json
 import logging
@@ -244,6 +245,15 @@ class MMBenchSource(_ListSource):
                             suffix, **src)
 
 
+@functools.cache
+def _tf_example():
+    """The tf.Example proto class (imported on first use; not an attribute: grain pickles
+    sources into its worker processes, and proto classes do not pickle)."""
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    return tf_example_pb2.Example
+
+
 class SyntheticSource:
     """The built-in suite read back from TFDS (`builder.as_data_source(split)`).
 
@@ -261,10 +271,6 @@ class SyntheticSource:
         info = getattr(data_source, "dataset_info", None)
         image = info.features["image"] if info is not None else None
         self._image_shape = tuple(image.shape) if image is not None else None
-        if self._records is not None:
-            from tensorflow_datasets.proto import tf_example_pb2
-
-            self._example = tf_example_pb2.Example
 
     def __len__(self) -> int:
         return len(self._ds)
@@ -272,7 +278,7 @@ class SyntheticSource:
     def __getitem__(self, index: int) -> dict:
         if self._records is None:
             return self._from_tfds(index)
-        feature = self._example.FromString(self._records[index]).features.feature
+        feature = _tf_example().FromString(self._records[index]).features.feature
         values = {k: feature[k].bytes_list.value for k in (*self._TEXT, "answers", "image")}
         if len(values["image"]) != 1 or any(len(values[k]) != 1 for k in self._TEXT):
             return self._from_tfds(index)  # not the layout this reader knows
