@@ -68,18 +68,35 @@ def test_unknown_task_metric_is_a_clear_error(setup):
                            tasks={"count": ("exact_match", "reasoning")})
 
 
-def test_pruned_generation_matches_the_pruning_module(setup):
-    """The evaluator's generator under a schedule equals vlm_jax.pruning.generate."""
+def test_pruned_generation_equals_uncached_greedy_decoding(setup):
+    """Cached generation under a schedule (QueCC question, left padding, batch 8) equals greedy
+    argmax decoding that reruns the whole pruned forward for every new token."""
     from vlm_jax.eval.generate import Generator
-    from vlm_jax.pruning import PruneSpec, generate, schedules
-    c, cfg, params = setup
+    from vlm_jax.models.vlm import VLM
+    from vlm_jax.pruning import PruneSpec, schedules
+    c, cfg, _ = setup
+    # 3x the init (not the fixture's 10x): at this scale the schedule changes some answers.
+    params = jax.tree_util.tree_map(lambda x: 3 * x, models.init_params(cfg, 0))
     batch = next(iter(_loader(c, cfg, 8)))
+    steps = 4
     spec = PruneSpec(schedules.fastv(cfg.llm.depth, cfg.num_visual_tokens, k=1, ratio=0.5))
-    tok = data.make_tokenizer(c.data)
     inputs = {"image": batch["image"], "tokens": batch["prompt"], "valid": batch["prompt_valid"],
               "question": batch["question"], "question_valid": batch["question_valid"]}
-    ours = Generator(models.build(cfg), 4, stop_ids=(), pad_id=tok.pad_id, prune=spec)(params, inputs)
-    ref = generate(cfg, params, {"images": batch["image"], "tokens": batch["prompt"],
-                                 "valid": batch["prompt_valid"], "question": batch["question"],
-                                 "question_valid": batch["question_valid"]}, spec, 4)
-    np.testing.assert_array_equal(ours.tokens, np.asarray(ref))
+    got = Generator(models.build(cfg), steps, prune=spec)(params, inputs).tokens
+
+    prompt, valid = np.asarray(batch["prompt"]), np.asarray(batch["prompt_valid"]).astype(bool)
+    b, n = prompt.shape
+    assert valid[:, -1].all() and not valid.all()  # left-padded, some rows padded
+    query = np.zeros((b, n + steps), bool)
+    query[:, n - 1] = True  # the prompt's last token ranks visual tokens, as in the prefill
+    tokens = np.concatenate([prompt, np.zeros((b, steps), np.int32)], 1)
+    forward = jax.jit(lambda t, v: VLM(cfg).apply(
+        {"params": params}, batch["image"], t, v, None, batch["question"],
+        batch["question_valid"], prune=spec, query=query, method="forward"))
+    for t in range(steps):  # not-yet-generated slots are right padding: causal, they change nothing
+        out = forward(tokens, np.concatenate([valid, np.arange(steps)[None].repeat(b, 0) < t], 1))
+        at = np.argmax(np.asarray(out.index) == n - 1 + t, axis=1)
+        tokens[:, n + t] = np.argmax(np.asarray(out.logits)[np.arange(b), at], -1)
+    np.testing.assert_array_equal(got, tokens[:, n:])
+    unpruned = Generator(models.build(cfg), steps)(params, inputs).tokens
+    assert (got != unpruned).any(), "the schedule must change an answer for the check to bite"

@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vlm_jax.eval import generate
 from vlm_jax.models import init_params, presets
 from vlm_jax.models import llm as llm_mod
 from vlm_jax.models.layers import attention_weights
 from vlm_jax.models.llm import default_positions, init_cache
 from vlm_jax.models.vlm import VLM
-from vlm_jax.pruning import PruneSpec, ScheduleError, cache_sizes, generate, schedules
-from vlm_jax.pruning.generate import generate_fn
-from vlm_jax.pruning.metrics import random_calibration
+from vlm_jax.pruning import PruneSpec, ScheduleError, cache_sizes, schedules
+from vlm_jax.pruning.metrics import generator_inputs, random_calibration
 
 DEPTH = 4
 
@@ -138,11 +138,13 @@ def test_removal_equals_masking(model, batch, keep, query, monkeypatch):
                                    ref_logits[b, index[b]][real], rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("keep,query", [((16, 16, 8, 8), "last"), ((16, 10, 4, 1), "text")])
+@pytest.mark.parametrize("keep,query", [(None, "last"), ((16, 16, 8, 8), "last"),
+                                        ((16, 10, 4, 1), "text")])
 def test_cached_generation_equals_uncached(model, batch, keep, query):
     cfg, params = model
-    spec, steps = PruneSpec(keep, query=query), 4
-    cached = np.asarray(generate(cfg, params, batch, spec, steps))
+    spec, steps = None if keep is None else PruneSpec(keep, query=query), 4
+    gen = generate.Generator(VLM(cfg), steps, prune=spec)
+    cached = np.asarray(gen.tokens(params, generator_inputs(batch)))
     tokens, valid = np.asarray(batch["tokens"]), np.asarray(batch["valid"])
     b, n = tokens.shape
     rows = rows_by_hand(query, tokens == cfg.image_token_id, valid)
@@ -152,15 +154,46 @@ def test_cached_generation_equals_uncached(model, batch, keep, query):
     fwd = jax.jit(lambda t, v: forward(
         cfg, params, {**batch, "tokens": t, "valid": v}, prune=spec,
         query=jnp.asarray(np.pad(rows, ((0, 0), (0, steps))))).logits)
-    out_len = n + steps - 16 + keep[-1]
+    out_len = n + steps - (0 if keep is None else 16 - keep[-1])
     for t in range(steps):
         full_valid = np.concatenate([valid, np.arange(steps)[None].repeat(b, 0) < t], 1)
         logits = fwd(jnp.asarray(full), jnp.asarray(full_valid))
         full[:, n + t] = np.asarray(jnp.argmax(logits[:, out_len - steps - 1 + t], -1))
     np.testing.assert_array_equal(cached, full[:, n:])
+    compiled = generate.prefill._cache_size(), generate.decode._cache_size()
     other = {**batch, "images": batch["images"] + 1.0}
-    generate(cfg, params, other, spec, steps)
-    assert generate_fn(cfg, spec, steps)._cache_size() == 1  # one compile per schedule
+    generate.Generator(VLM(cfg), steps, prune=spec).tokens(params, generator_inputs(other))
+    # one compile per schedule, shared by generators
+    assert (generate.prefill._cache_size(), generate.decode._cache_size()) == compiled
+
+
+@pytest.mark.parametrize("keep", [None, (16, 12, 6, 6)])
+def test_right_padding_generates_what_left_padding_does(model, batch, keep):
+    cfg, params = model
+    spec = None if keep is None else PruneSpec(keep, query="text")
+    valid = np.asarray(batch["valid"])
+    pads = (~valid).sum(1)
+    assert pads.max() > 0, "some row must be padded"
+    right = {k: jnp.asarray(np.stack([np.roll(row, -p) for row, p in zip(np.asarray(v), pads)]))
+             if k in ("tokens", "valid") else v for k, v in batch.items()}
+    assert np.asarray(right["valid"])[:, 0].all() and not np.asarray(right["valid"])[:, -1].all()
+    gen = generate.Generator(VLM(cfg), 3, prune=spec)
+    np.testing.assert_array_equal(np.asarray(gen.tokens(params, generator_inputs(right))),
+                                  np.asarray(gen.tokens(params, generator_inputs(batch))))
+
+
+def test_time_to_first_token_is_the_first_generated_token(model, batch):
+    """`prefill(module, 1, spec, ...)` (what the pruning report times) compiles once and gives
+    the first token of a longer generation."""
+    cfg, params = model
+    spec, inputs = PruneSpec((16, 8, 8, 4)), generator_inputs(batch)
+    first, _, _ = generate.prefill(VLM(cfg), 1, spec, params, inputs)
+    compiled = generate.prefill._cache_size()
+    again, _, _ = generate.prefill(VLM(cfg), 1, spec, params, inputs)
+    assert generate.prefill._cache_size() == compiled
+    longer = np.asarray(generate.Generator(VLM(cfg), 3, prune=spec).tokens(params, inputs))
+    np.testing.assert_array_equal(np.asarray(first), longer[:, 0])
+    np.testing.assert_array_equal(np.asarray(again), longer[:, 0])
 
 
 def test_pruned_cache_sizes_per_layer(model, batch):

@@ -4,7 +4,7 @@
   `VLM.forward(..., prune=spec)` (or `Decoder.__call__(..., prune=spec, visual=mask)`) to get a
   `PrunedOutput(logits, hidden, cache, index, importance)`.
 - `schedules`: validate / full / fastv / psigmoid / save / load.
-- `generate(cfg, params, batch, spec, steps)`: pruned prefill + greedy decode from the caches.
+- generation under a schedule: `vlm_jax.eval.generate.Generator(module, steps, prune=spec)`.
 - `gsearch.g_search`, `psigmoid.psigmoid_search`: schedule searches over `metric_fn(keep)`.
 - `report`: the one cost-report format; `diagnostics`: Kendall tau of layer rankings.
 - `run(config, workdir)`: `python -m vlm_jax.main` with `config.mode == "prune_search"`.
@@ -12,7 +12,6 @@
 
 from vlm_jax.pruning import schedules
 from vlm_jax.pruning.forward import PrunedOutput, PruneSpec, cache_sizes, query_rows
-from vlm_jax.pruning.generate import generate
 from vlm_jax.pruning.schedules import ScheduleError
 
 
@@ -22,5 +21,5 @@ def run(config, workdir: str) -> dict:
     return _run(config, workdir)
 
 
-__all__ = ["PruneSpec", "PrunedOutput", "ScheduleError", "cache_sizes", "generate",
-           "query_rows", "run", "schedules"]
+__all__ = ["PruneSpec", "PrunedOutput", "ScheduleError", "cache_sizes", "query_rows", "run",
+           "schedules"]

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm_jax.eval.generate import Generator
 from vlm_jax.models.config import VLMConfig
 from vlm_jax.models.llm import default_positions
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning.forward import PruneSpec, query_rows
-from vlm_jax.pruning.generate import generate
 
 METRICS = ("accuracy", "loglik")
 
@@ -64,10 +64,9 @@ def batches(calib: dict[str, np.ndarray], batch_size: int):
 def greedy_answers(cfg: VLMConfig, params, calib: dict, spec: PruneSpec | None, steps: int,
                    batch_size: int) -> np.ndarray:
     """`[N, steps]` greedy tokens under `spec` (None: unpruned)."""
-    out = []
+    gen, out = Generator(VLM(cfg), steps, prune=spec), []
     for batch, weight in batches(calib, batch_size):
-        toks = np.asarray(generate(cfg, params, _model_inputs(batch), spec, steps))
-        out.append(toks[weight > 0])
+        out.append(np.asarray(gen.tokens(params, generator_inputs(batch)))[weight > 0])
     return np.concatenate(out)
 
 
@@ -82,6 +81,12 @@ def with_model_answers(cfg: VLMConfig, params, calib: dict, batch_size: int = 8)
 def _model_inputs(batch: dict) -> dict:
     keys = ("images", "tokens", "valid", "question", "question_valid")
     return {k: jnp.asarray(batch[k]) for k in keys if k in batch}
+
+
+def generator_inputs(batch: dict) -> dict:
+    """A calibration batch (`images`, ...) as `vlm_jax.eval.generate` inputs (`image`, ...)."""
+    inputs = _model_inputs(batch)
+    return {("image" if k == "images" else k): v for k, v in inputs.items()}
 
 
 @functools.lru_cache(maxsize=64)

@@ -37,9 +37,9 @@ import ml_collections
 import numpy as np
 
 from vlm_jax import models
+from vlm_jax.eval import generate
 from vlm_jax.pruning import diagnostics, metrics, report, schedules
 from vlm_jax.pruning.forward import PruneSpec
-from vlm_jax.pruning.generate import generate_fn
 from vlm_jax.pruning.gsearch import EvalCache, MetricFn, default_grid, g_search
 from vlm_jax.pruning.psigmoid import psigmoid_search
 
@@ -142,9 +142,8 @@ def ttft(cfg, params, batch: dict, specs: dict[str, PruneSpec | None], runs: int
          ) -> dict[str, float]:
     """Median seconds of a jitted (pruned) prefill + first token on `batch`, per named spec
     (None: unpruned), timed round-robin."""
-    args = (params, batch["images"], batch["tokens"], batch["valid"], batch.get("question"),
-            batch.get("question_valid"))
-    fns = {name: functools.partial(generate_fn(cfg, spec, 1), *args)
+    module, inputs = models.build(cfg), metrics.generator_inputs(batch)
+    fns = {name: functools.partial(generate.prefill, module, 1, spec, params, inputs)
            for name, spec in specs.items()}
     return report.measure_interleaved(fns, runs)
 
