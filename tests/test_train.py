@@ -86,6 +86,14 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path, data_dir):
     assert _fingerprint(cut_dir) == _fingerprint(ref_dir)
 
 
+def _gradient_is_zero(name: str) -> bool:
+    """Key biases of attention without rotary positions (vision tower, compressors): softmax
+    ignores a logit shift shared by all keys, so their gradient is float noise, which Adam
+    scales up to full-size steps that differ with the reduction order."""
+    return "language_model" not in name and "['bias']" in name and (
+        "['k_proj']" in name or "['key']" in name)
+
+
 def test_one_vs_eight_devices_give_equal_parameters(tmp_path, data_dir):
     """The same steps on 1 device and on 8 (dp and fsdp presets) give equal parameters."""
     from vlm_jax.eval.evaluator import load_run
@@ -101,6 +109,9 @@ def test_one_vs_eight_devices_give_equal_parameters(tmp_path, data_dir):
     for other in ("dp8", "fsdp8"):
         flat = dict(jax.tree_util.tree_leaves_with_path(params[other]))
         for path, a in flat_one:
+            name = jax.tree_util.keystr(path)
+            if _gradient_is_zero(name):
+                continue
             np.testing.assert_allclose(a, flat[path], rtol=2e-4, atol=2e-5,
                                        err_msg=f"{other}: {jax.tree_util.keystr(path)}")
 
