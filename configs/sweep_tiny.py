@@ -23,7 +23,7 @@ import tiny_vlm  # noqa: E402  (the point template: configs/tiny_vlm.py)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, smoke=False, steps=300, pretrain_steps=200, data_dir="~/vlm_jax_data/tfds")
+    a = parse_arg(arg, smoke=False, steps=400, pretrain_steps=200, data_dir="~/vlm_jax_data/tfds")
     sizes, tokens = (("s", "m"), (1, 16)) if a.smoke else (("s", "m", "l"), (1, 4, 16, 64))
     steps = 6 if a.smoke else a.steps
     c = ml_collections.ConfigDict()
@@ -46,12 +46,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pre.pair = dict(vision=to_dict(vision), text=to_dict(text), embed_dim=64)
     pre.data = ml_collections.ConfigDict(point.data.to_dict())
     pre.data.synthetic.tasks = ("caption",)
-    pre.data.max_text_len = 48  # captions of up to 8 objects
     pre.train = ml_collections.ConfigDict(point.train.to_dict())
     pre.train.update(steps=6 if a.smoke else a.pretrain_steps, batch_size=64,
                      ckpt_every=6 if a.smoke else a.pretrain_steps)
     pre.optim = ml_collections.ConfigDict(point.optim.to_dict())
-    pre.optim.update(lr=3e-3, frozen="")
+    pre.optim.update(frozen="")
     pre.mesh, pre.sharding = point.mesh, point.sharding
     c.pretrain = pre
 
