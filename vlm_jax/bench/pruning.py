@@ -1,6 +1,7 @@
 """In-LLM visual-token pruning: accuracy vs measured prefill speed-up, one table for all methods.
 
     python -m vlm_jax.bench.pruning [--model bench-100m] [--checkpoint DIR] [--n 4] [--runs 5]
+        [--source random|eval] [--timing_batch 1] [--max_drop 1]
 
 Model: `--checkpoint` (a training run directory or a Hugging Face directory) or `--model`: a
 preset name, or `bench-100m` (default: a ~100M-parameter Llama-style decoder, width 768, 12
@@ -10,8 +11,9 @@ unpruned model) or `eval` (a training run's eval split, task score). Methods: un
 (K, R) settings, P-Sigmoid by Bayesian optimisation under an average-token budget, G-Search.
 
 Prints the cost table (`vlm_jax.pruning.report`), then one JSON line: `best` (`method`,
-`speedup`, `accuracy_drop`: the fastest measured time to first token whose accuracy drop is
-at most `--max_drop`, else the smallest drop) and `min_efficiency` (the smallest measured /
+`speedup`, `accuracy_drop` in points (1 = 0.01 accuracy): the fastest measured time to first
+token whose drop is at most `--max_drop` points, else the smallest drop) and
+`min_efficiency` (the smallest measured /
 FLOPs-predicted prefill speed-up over the pruned rows).
 """
 
@@ -65,6 +67,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--answer_len", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5,
                     help="timed rounds, round-robin over the methods (median per method)")
+    ap.add_argument("--timing_batch", type=int, default=1,
+                    help="prompts per timed prefill (the first of the calibration set)")
     ap.add_argument("--cache", default="", help="JSON file memoising metric values (reruns)")
     ap.add_argument("--query", default="last", choices=("last", "text"))
     ap.add_argument("--impl", default="xla")
@@ -74,7 +78,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--gsearch", type=int, default=1, help="run G-Search (0: skip)")
     ap.add_argument("--grid", default="0,0.125,0.25,0.5,0.75,1", help="G-Search fractions")
     ap.add_argument("--eps", type=float, default=0.0)
-    ap.add_argument("--max_drop", type=float, default=0.0)
+    ap.add_argument("--max_drop", type=float, default=1.0,
+                    help="allowed accuracy loss in points (1 point = 0.01 accuracy)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -85,7 +90,7 @@ def main(argv=None) -> dict:
     calib, metric_fn = runner.calibration(cfg, params, train_cfg, c)
     metric = EvalCache(metric_fn, args.cache or None)
     text = int(np.median(np.asarray(calib["valid"]).sum(1))) - v
-    timing = {k: np.asarray(x[:1]) for k, x in calib.items() if k != "answers"}  # batch 1
+    timing = {k: np.asarray(x[:args.timing_batch]) for k, x in calib.items() if k != "answers"}
 
     candidates = [("unpruned", schedules.full(depth, v))]
     for item in filter(None, args.fastv.split(",")):
@@ -110,13 +115,14 @@ def main(argv=None) -> dict:
         base = base or rows[0]
     print(report.format_table(rows), flush=True)
     pruned = [r for r in rows[1:] if r.keep != rows[0].keep]
-    ok = [r for r in pruned if r.metric_drop <= args.max_drop + 1e-12]
+    ok = [r for r in pruned if 100 * r.metric_drop <= args.max_drop + 1e-9]
     best = (max(ok, key=lambda r: r.ttft_speedup) if ok
             else min(pruned, key=lambda r: r.metric_drop)) if pruned else rows[0]
     out = {"best": {"method": best.method, "speedup": best.ttft_speedup,
-                    "accuracy_drop": best.metric_drop},
+                    "accuracy_drop": 100 * best.metric_drop},  # points
            "min_efficiency": min((r.efficiency for r in pruned), default=None),
            "model": args.checkpoint or args.model, "visual_tokens": v, "text_tokens": text,
+           "timing_batch": int(next(iter(timing.values())).shape[0]),
            "backend": jax.default_backend()}
     print(json.dumps(out), flush=True)
     return out
