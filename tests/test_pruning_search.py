@@ -222,3 +222,26 @@ def test_bench_prints_best_and_min_efficiency(capsys):
     assert json.loads(line) == json.loads(json.dumps(out))
     assert {"method", "speedup", "accuracy_drop"} <= set(out["best"])
     assert out["min_efficiency"] is not None and out["visual_tokens"] == 16
+
+
+def test_load_model_takes_a_sweep_point_dir_for_a_training_run(tmp_path):
+    """A sweep point's run directory also holds the point's config.json (not an HF config)."""
+    import os
+    import sys
+
+    from vlm_jax.pruning.runner import load_model
+    from vlm_jax.train import trainer
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
+    import tiny_vlm
+
+    c = tiny_vlm.get_config(f"llm=s,V=4,res=32,steps=1,data_dir={tmp_path / 'tfds'}")
+    c.data.synthetic.update(num_train=32, num_validation=8, num_test=8)
+    c.train.update(batch_size=8, ckpt_every=1)
+    run_dir = tmp_path / "point"
+    trainer.train(c, str(run_dir))
+    (run_dir / "config.json").write_text(c.to_json())
+    lc = default_config()
+    lc.checkpoint = str(run_dir)
+    cfg, params, train_cfg = load_model(lc)
+    assert train_cfg is not None and cfg.num_visual_tokens == 4
+    assert "vision_tower" in params

@@ -86,14 +86,14 @@ def load_model(config) -> tuple[models.VLMConfig, dict, ml_collections.ConfigDic
     if not path:
         cfg = models.from_dict(config.model)
         return cfg, models.init_params(cfg, int(config.init_seed)), None
+    if os.path.isdir(os.path.join(path, "checkpoints")):  # a run dir also holds a config.json
+        from vlm_jax.eval.evaluator import load_run
+        train_cfg, params = load_run(path)
+        return models.from_dict(train_cfg.model), params, train_cfg
     if os.path.exists(os.path.join(path, "config.json")):
         from vlm_jax.interop import hf
         cfg, params = hf.load(path)
         return cfg, params, None
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        from vlm_jax.eval.evaluator import load_run
-        train_cfg, params = load_run(path)
-        return models.from_dict(train_cfg.model), params, train_cfg
     raise FileNotFoundError(f"config.checkpoint={path!r} is neither a Hugging Face directory "
                             "(config.json) nor a training run directory (checkpoints/)")
 
