@@ -225,7 +225,8 @@ def test_bench_prints_best_and_min_efficiency(capsys):
 
 
 def test_load_model_takes_a_sweep_point_dir_for_a_training_run(tmp_path):
-    """A sweep point's run directory also holds the point's config.json (not an HF config)."""
+    """A sweep point's run directory also holds the point's config.json (not an HF config);
+    the benchmark calibrates on one of its eval splits and scores on another."""
     import os
     import sys
 
@@ -245,3 +246,8 @@ def test_load_model_takes_a_sweep_point_dir_for_a_training_run(tmp_path):
     cfg, params, train_cfg = load_model(lc)
     assert train_cfg is not None and cfg.num_visual_tokens == 4
     assert "vision_tower" in params
+    out = bench.main(["--checkpoint", str(run_dir), "--source", "eval", "--n", "8", "--runs", "1",
+                      "--trials", "0", "--gsearch", "0", "--fastv", "1:0.5",
+                      "--calib_split", "validation", "--score_split", "test"])
+    assert out["calib_split"] == "validation" and out["score_split"] == "test"
+    assert out["visual_tokens"] == 4 and out["best"]["accuracy_drop"] is not None

@@ -1,7 +1,8 @@
 """In-LLM visual-token pruning: accuracy vs measured prefill speed-up, one table for all methods.
 
     python -m vlm_jax.bench.pruning [--model bench-100m] [--checkpoint DIR] [--n 4] [--runs 5]
-        [--source random|eval] [--timing_batch 1] [--max_drop 1]
+        [--source random|eval] [--calib_split test] [--score_split ''] [--timing_batch 1]
+        [--max_drop 1]
 
 Model: `--checkpoint` (a training run directory or a Hugging Face directory) or `--model`: a
 preset name, or `bench-100m` (default: a ~100M-parameter Llama-style decoder, width 768, 12
@@ -51,7 +52,7 @@ def _config(args) -> ml_collections.ConfigDict:
     d["model"] = to_dict(bench_100m()) if args.model == "bench-100m" else args.model
     c = ml_collections.ConfigDict(d)
     c.checkpoint, c.init_seed = args.checkpoint, args.seed
-    c.calib.update(source=args.source, num_examples=args.n, batch_size=args.n,
+    c.calib.update(source=args.source, num_examples=args.n, batch_size=args.n, split=args.calib_split,
                    prompt_len=args.text, answer_len=args.answer_len, max_pad=0)
     c.prune.update(metric="accuracy", query=args.query, impl=args.impl)
     return c
@@ -69,6 +70,11 @@ def main(argv=None) -> dict:
                     help="timed rounds, round-robin over the methods (median per method)")
     ap.add_argument("--timing_batch", type=int, default=1,
                     help="prompts per timed prefill (the first of the calibration set)")
+    ap.add_argument("--calib_split", default="test",
+                    help="eval source: the split G-Search / P-Sigmoid calibrate on")
+    ap.add_argument("--score_split", default="",
+                    help="eval source: a held-out split every method is scored on ('' = the "
+                         "calibration split)")
     ap.add_argument("--cache", default="", help="JSON file memoising metric values (reruns)")
     ap.add_argument("--query", default="last", choices=("last", "text"))
     ap.add_argument("--impl", default="xla")
@@ -89,6 +95,13 @@ def main(argv=None) -> dict:
     depth, v = cfg.llm.depth, cfg.num_visual_tokens
     calib, metric_fn = runner.calibration(cfg, params, train_cfg, c)
     metric = EvalCache(metric_fn, args.cache or None)
+    score = metric
+    if args.score_split and args.score_split != args.calib_split:
+        if args.source != "eval":
+            raise ValueError("--score_split needs --source eval")
+        held_out = ml_collections.ConfigDict(c.to_dict())
+        held_out.calib.split = args.score_split
+        score = EvalCache(runner.calibration(cfg, params, train_cfg, held_out)[1])
     text = int(np.median(np.asarray(calib["valid"]).sum(1))) - v
     timing = {k: np.asarray(x[:args.timing_batch]) for k, x in calib.items() if k != "answers"}
 
@@ -110,7 +123,7 @@ def main(argv=None) -> dict:
     times = runner.ttft(cfg, params, timing, specs, args.runs)
     rows, base = [], None
     for name, keep in candidates:
-        rows.append(report.make_report(name, cfg.llm, keep, text, v, "accuracy", metric(keep),
+        rows.append(report.make_report(name, cfg.llm, keep, text, v, "accuracy", score(keep),
                                        times[name], baseline=base))
         base = base or rows[0]
     print(report.format_table(rows), flush=True)
@@ -123,6 +136,7 @@ def main(argv=None) -> dict:
            "min_efficiency": min((r.efficiency for r in pruned), default=None),
            "model": args.checkpoint or args.model, "visual_tokens": v, "text_tokens": text,
            "timing_batch": int(next(iter(timing.values())).shape[0]),
+           "calib_split": args.calib_split, "score_split": args.score_split or args.calib_split,
            "backend": jax.default_backend()}
     print(json.dumps(out), flush=True)
     return out
