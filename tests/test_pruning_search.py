@@ -3,6 +3,8 @@ prune_search entry point and the pruning benchmark (tiny models, toy metrics).""
 
 import dataclasses
 import json
+import os
+import sys
 
 import ml_collections
 import numpy as np
@@ -16,7 +18,12 @@ from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import ScheduleError, diagnostics, metrics, report, schedules
 from vlm_jax.pruning.gsearch import default_grid, g_search
 from vlm_jax.pruning.psigmoid import psigmoid_search
-from vlm_jax.pruning.runner import default_config, run
+from vlm_jax.pruning.runner import default_config, load_model, run
+from vlm_jax.train import trainer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "configs"))
+import tiny_vlm  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -227,14 +234,6 @@ def test_bench_prints_best_and_min_efficiency(capsys):
 def test_load_model_takes_a_sweep_point_dir_for_a_training_run(tmp_path):
     """A sweep point's run directory also holds the point's config.json (not an HF config);
     the benchmark calibrates on one of its eval splits and scores on another."""
-    import os
-    import sys
-
-    from vlm_jax.pruning.runner import load_model
-    from vlm_jax.train import trainer
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
-    import tiny_vlm
-
     c = tiny_vlm.get_config(f"llm=s,V=4,res=32,steps=1,data_dir={tmp_path / 'tfds'}")
     c.data.synthetic.update(num_train=32, num_validation=8, num_test=8)
     c.train.update(batch_size=8, ckpt_every=1)

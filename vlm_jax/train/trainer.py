@@ -42,8 +42,6 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-
-
 def _match_suffix(tree, param_shardings: dict[str, Any], replicated):
     """Sharding for optimiser-state leaves: that of the parameter whose path ends theirs."""
     def pick(path, _):
