@@ -92,12 +92,9 @@ def abstract_batch(trainer, batch_size: int) -> dict:
 
 
 def compile_train_step(config: ml_collections.ConfigDict, topology: str,
-                       batch_size: int | None = None, mesh_context: bool = False):
-    """(trainer, compiled step, timings) of `config`'s train step on `topology`'s devices.
-
-    mesh_context: lower under `jax.set_mesh(trainer.mesh)`, which turns the models' logical
-    activation constraints (`nn.with_logical_constraint`) on; `train()` does not do that
-    today, so the default compiles the program a run executes."""
+                       batch_size: int | None = None):
+    """(trainer, compiled step, timings) of `config`'s train step on `topology`'s devices,
+    lowered under the mesh as `Trainer.step` runs it (activation constraints on)."""
     from vlm_jax.train.trainer import Trainer
 
     devices = topology_devices(topology)
@@ -107,11 +104,7 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
     _check_divisible(trainer.abstract_state, "state")
     _check_divisible(batch, "batch")
     t0 = time.perf_counter()
-    if mesh_context:
-        with jax.set_mesh(trainer.mesh):
-            lowered = trainer._step.lower(trainer.abstract_state, batch)
-    else:
-        lowered = trainer._step.lower(trainer.abstract_state, batch)
+    lowered = trainer.lower(trainer.abstract_state, batch)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -253,17 +246,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--topology", required=True, help="e.g. v5e:2x2, v5e:16x16, v5p:4x4x4")
     p.add_argument("--batch_size", type=int, default=None, help="global batch (default: config)")
     p.add_argument("--json_out", default=None, help="also write the report JSON here")
-    p.add_argument("--mesh_context", action="store_true", help="lower under jax.set_mesh: "
-                   "activation sharding constraints on (not what train() runs today)")
     args, rest = p.parse_known_args(argv)
     bad = [a for a in rest if not re.match(r"^--config\.[\w.]+=", a)]
     if bad:
         p.error(f"unknown arguments {bad} (overrides look like --config.KEY=VALUE)")
     config = load_config(args.config, rest)
-    trainer, compiled, timings = compile_train_step(config, args.topology, args.batch_size,
-                                                    args.mesh_context)
+    trainer, compiled, timings = compile_train_step(config, args.topology, args.batch_size)
     r = report(config, args.topology, trainer, compiled, timings, args.batch_size)
-    r.update(config=args.config, mesh_context=args.mesh_context)
+    r.update(config=args.config)
     print(format_report(r))
     print(json.dumps(r, sort_keys=True))
     if args.json_out:

@@ -89,6 +89,8 @@ class Trainer:
                              out_shardings=(self.state_shardings, None), donate_argnums=0)
 
     def _train_step(self, state, batch):
+        """Traced under `jax.set_mesh(self.mesh)` (see `step`), so the models' activation
+        constraints (`nn.with_logical_constraint`) shard activations by the rules table."""
         def loss_fn(params):
             params = jax.tree_util.tree_map(
                 lambda p, t: p if t else jax.lax.stop_gradient(p), params, self.trainable)
@@ -121,7 +123,14 @@ class Trainer:
         """One optimiser step on this process's part of the batch (numpy arrays)."""
         arrays = {k: jax.make_array_from_process_local_data(self.batch_sh[k], np.asarray(arrays[k]))
                   for k in self.task.batch_keys}
-        return self._step(state, arrays)
+        with jax.set_mesh(self.mesh):
+            return self._step(state, arrays)
+
+    def lower(self, state, batch) -> jax.stages.Lowered:
+        """The step lowered as `step` runs it (under the mesh); abstract inputs are fine
+        (launch/aot.py compiles it for a TPU topology)."""
+        with jax.set_mesh(self.mesh):
+            return self._step.lower(state, batch)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
