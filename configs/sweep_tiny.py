@@ -15,6 +15,7 @@ import sys
 import ml_collections
 
 from vlm_jax.config_args import parse_arg
+from vlm_jax.data.synthetic import DEFAULT_TASKS
 from vlm_jax.models.config import ViTConfig, to_dict
 from vlm_jax.models.presets import tiny_sweep_llm, tiny_sweep_vision
 
@@ -31,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.executor = "inprocess"
 
     point = tiny_vlm.get_config(f"llm=m,V=16,steps={steps},data_dir={a.data_dir}")
+    point.data.synthetic.tasks = DEFAULT_TASKS + ("caption",)  # reasoning and OCR families
+    point.data.synthetic.num_test = 500
     point.optim.frozen = r"^vision_tower/"  # the stage-0 tower is loaded and kept
     point.train.ckpt_every = max(steps // 2, 1)
     point.eval.num_examples = 32 if a.smoke else -1

@@ -42,7 +42,7 @@ def tiny_config(data_dir: str, **train) -> ml_collections.ConfigDict:
 def _overrides(c: ml_collections.ConfigDict, data_dir: str) -> list[str]:
     return [f"--config.data.data_dir={data_dir}", "--config.data.synthetic.num_train=96",
             "--config.data.synthetic.num_validation=16", "--config.data.synthetic.num_test=16",
-            "--config.train.log_every=1", "--config.train.ckpt_every=3"]
+            "--config.train.log_every=1", "--config.train.ckpt_every=3", "--config.mode=train"]
 
 
 def _main_cmd(workdir: str, data_dir: str) -> list[str]:
@@ -114,6 +114,20 @@ def test_one_vs_eight_devices_give_equal_parameters(tmp_path, data_dir):
                 continue
             np.testing.assert_allclose(a, flat[path], rtol=2e-4, atol=2e-5,
                                        err_msg=f"{other}: {jax.tree_util.keystr(path)}")
+
+
+def test_train_step_applies_activation_sharding_constraints(data_dir):
+    """The step is traced under the mesh, so `nn.with_logical_constraint` is live: its
+    constraints are in the lowered program (outside a mesh they are silently dropped)."""
+    c = tiny_config(data_dir)
+    c.mesh, c.sharding = {"fsdp": -1}, "fsdp"
+    trainer = trainer_lib.Trainer(c, "", vocab_size=64)
+    batch = {k: jax.ShapeDtypeStruct((8,) + x.shape[1:], x.dtype, sharding=trainer.batch_sh[k])
+             for k, x in trainer.task.init_batch(1).items()}
+    text = trainer.lower(trainer.abstract_state, batch).as_text()
+    n_live = text.count("sharding_constraint")
+    bare = trainer._step.lower(trainer.abstract_state, batch).as_text()  # no mesh: dropped
+    assert n_live > bare.count("sharding_constraint") + 10, (n_live, bare.count("sharding_constraint"))
 
 
 def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, data_dir):

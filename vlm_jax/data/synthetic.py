@@ -23,8 +23,9 @@ import numpy as np
 
 from vlm_jax.data import glyphs, scenes, tasks
 
-TASKS = ("count", "exist", "attribute", "spatial", "compare", "ocr", "caption")
-DEFAULT_TASKS = ("count", "exist", "attribute", "spatial", "compare", "ocr")
+REASONING_TASKS = ("count", "exist", "attribute", "spatial", "compare")
+DEFAULT_TASKS = REASONING_TASKS + ("ocr",)
+TASKS = DEFAULT_TASKS + ("caption",)
 SPLITS = {"train": 0, "validation": 1, "test": 2}
 OCR_QUESTION = "what is written?"
 
