@@ -118,16 +118,18 @@ def test_one_vs_eight_devices_give_equal_parameters(tmp_path, data_dir):
 
 def test_train_step_applies_activation_sharding_constraints(data_dir):
     """The step is traced under the mesh, so `nn.with_logical_constraint` is live: its
-    constraints are in the lowered program (outside a mesh they are silently dropped)."""
-    c = tiny_config(data_dir)
-    c.mesh, c.sharding = {"fsdp": -1}, "fsdp"
-    trainer = trainer_lib.Trainer(c, "", vocab_size=64)
-    batch = {k: jax.ShapeDtypeStruct((8,) + x.shape[1:], x.dtype, sharding=trainer.batch_sh[k])
-             for k, x in trainer.task.init_batch(1).items()}
-    text = trainer.lower(trainer.abstract_state, batch).as_text()
-    n_live = text.count("sharding_constraint")
-    bare = trainer._step.lower(trainer.abstract_state, batch).as_text()  # no mesh: dropped
-    assert n_live > bare.count("sharding_constraint") + 10, (n_live, bare.count("sharding_constraint"))
+    constraints are in the lowered program; "off" drops them, as "auto" does without tensor
+    parallelism."""
+    counts = {}
+    for on in ("on", "off", "auto"):
+        c = tiny_config(data_dir, activation_constraints=on)
+        c.mesh, c.sharding = {"fsdp": -1}, "fsdp"
+        trainer = trainer_lib.Trainer(c, "", vocab_size=64)
+        batch = {k: jax.ShapeDtypeStruct((8,) + x.shape[1:], x.dtype, sharding=trainer.batch_sh[k])
+                 for k, x in trainer.task.init_batch(1).items()}
+        counts[on] = trainer.lower(trainer.abstract_state, batch).as_text().count(
+            "sharding_constraint")
+    assert counts["on"] > counts["off"] + 10 and counts["auto"] == counts["off"], counts
 
 
 def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, data_dir):
