@@ -94,7 +94,7 @@ def abstract_batch(trainer, batch_size: int) -> dict:
 def compile_train_step(config: ml_collections.ConfigDict, topology: str,
                        batch_size: int | None = None):
     """(trainer, compiled step, timings) of `config`'s train step on `topology`'s devices,
-    lowered under the mesh as `Trainer.step` runs it (activation constraints on)."""
+    lowered as `Trainer.step` runs it (`train.activation_constraints` as configured)."""
     from vlm_jax.train.trainer import Trainer
 
     devices = topology_devices(topology)

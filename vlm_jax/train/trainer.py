@@ -69,6 +69,12 @@ class Trainer:
         self.config, self.workdir = config, workdir
         self.task = tasks.make_task(config, vocab_size)
         self.mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
+        constraints = config.train.get("activation_constraints", "auto")
+        if constraints not in ("on", "off", "auto"):
+            raise ValueError("train.activation_constraints must be 'on', 'off' or 'auto', got "
+                             f"{constraints!r}")
+        self.constrain_activations = constraints == "on" or (
+            constraints == "auto" and self.mesh.shape["tensor"] > 1)
         self.rules = sharding.rules_for(config.sharding)
         boxed = tasks.abstract_params(self.task)["params"]
         abstract = nn.meta.unbox(boxed)
@@ -138,10 +144,7 @@ class Trainer:
             return self._step.lower(state, batch)
 
     def _mesh_context(self):
-        on = self.config.train.get("activation_constraints", "auto")
-        if on not in ("on", "off", "auto"):
-            raise ValueError(f"train.activation_constraints must be 'on', 'off' or 'auto', got {on!r}")
-        if on == "on" or (on == "auto" and self.mesh.shape["tensor"] > 1):
+        if self.constrain_activations:
             return jax.set_mesh(self.mesh)
         return contextlib.nullcontext()  # constraints are no-ops outside a mesh
 
