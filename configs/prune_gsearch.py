@@ -1,4 +1,4 @@
-"""G-Search of a pruning schedule on a calibration set (SPEC section 4).
+"""G-Search of a pruning schedule on a calibration set (docs/algorithms.md section 4).
 
     python -m vlm_jax.main --config=configs/prune_gsearch.py:eps=0.05 --workdir=DIR
     python -m vlm_jax.main --config=configs/prune_gsearch.py:checkpoint=RUN_DIR,source=eval \

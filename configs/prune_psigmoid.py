@@ -1,4 +1,4 @@
-"""P-Sigmoid schedule by Bayesian optimisation (optuna) under a budget (SPEC section 4).
+"""P-Sigmoid schedule by Bayesian optimisation (optuna) under a budget (docs/algorithms.md section 4).
 
     python -m vlm_jax.main --config=configs/prune_psigmoid.py:budget=0.5 --workdir=DIR
 

@@ -8,7 +8,7 @@ Builds the Trainer's jitted train step for the config on a mesh of the topology'
 (`jax.ShapeDtypeStruct`s carrying the shardings: no parameter is materialised and no data is
 read), compiles it, and prints per-chip memory (`compiled.memory_analysis()`) against the
 chip's HBM, XLA's cost estimate (`compiled.cost_analysis()`: per-chip FLOPs and bytes), the
-analytic model FLOPs (vlm_jax.scaling.flops) and roofline bounds, then one JSON line. Exits 1
+analytic model FLOPs (vlm_jax.models.flops) and roofline bounds, then one JSON line. Exits 1
 when the step does not fit. Import `compile_train_step` / `report` to do the same in Python.
 """
 
@@ -119,10 +119,10 @@ def _nbytes(tree: Any) -> int:
 
 def model_flops_per_step(config: ml_collections.ConfigDict, trainer, batch_size: int) -> float | None:
     """Analytic training FLOPs of one step (forward + backward; the frozen vision tower
-    forward only), from vlm_jax.scaling.flops with logits at every position. None for stage 0."""
+    forward only), from vlm_jax.models.flops with logits at every position. None for stage 0."""
     if config.stage == 0:
         return None
-    from vlm_jax.scaling.flops import vlm_flops
+    from vlm_jax.models.flops import vlm_flops
     cfg = trainer.task.model_cfg
     seq = cfg.num_visual_tokens + config.data.max_text_len
     fwd = vlm_flops(cfg, config.data.max_text_len, question_tokens=config.data.max_question_len)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from vlm_jax.bench import tokens as bench
-from vlm_jax.scaling.flops import llm_prefill_flops
+from vlm_jax.models.flops import llm_prefill_flops
 
 
 def test_feature_layers_scale_with_tower_depth():

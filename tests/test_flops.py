@@ -9,8 +9,8 @@ import pytest
 
 from vlm_jax.models import build, dummy_inputs, init_params, presets
 from vlm_jax.models import compressors as compressors_lib
+from vlm_jax.models import flops as F
 from vlm_jax.models.config import CompressorConfig, LLMConfig, ViTConfig, VLMConfig
-from vlm_jax.scaling import flops as F
 
 
 def real_param_count(cfg) -> int:

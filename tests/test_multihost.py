@@ -1,4 +1,4 @@
-"""Several hosts simulated by local processes (DESIGN.md "Scale"): 2 JAX processes x 2 CPU
+"""Several hosts simulated by local processes (as on a multi-host pod): 2 JAX processes x 2 CPU
 devices each, joined by `jax.distributed.initialize` on a loopback port (gloo collectives),
 each running `vlm_jax.train.trainer.train` on a tiny VLM, as `python -m vlm_jax.main
 --multihost` does on every worker of a pod.

@@ -1,4 +1,4 @@
-"""QueCC against an independent PyTorch implementation written from SPEC.md section 2.
+"""QueCC against an independent PyTorch implementation written from docs/algorithms.md section 2.
 
 The torch module uses the reference's parameter names; its local windows are expressed as an
 attention mask over all G*G tokens (token (r, s) may be seen by cell (r // k, s // k) only),
@@ -28,7 +28,7 @@ def _mlp(c_in: int, c: int) -> tnn.Sequential:
 
 
 class TorchQueCC(tnn.Module):
-    """SPEC.md section 2 in PyTorch (batch-first)."""
+    """docs/algorithms.md section 2 in PyTorch (batch-first)."""
 
     def __init__(self, c, c_multi, d_llm, grid, k, heads=8, text=True):
         super().__init__()

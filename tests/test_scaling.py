@@ -118,7 +118,7 @@ def test_paper_law_optimal_tokens():
     law = Law(A=0.5, alpha=0.077, beta=0.015, D=0.2)
     v50 = law.optimal_tokens(text_tokens=50)
     assert v50 == pytest.approx(0.015 * 50 / (0.077 - 0.015))  # 12.1
-    assert 10 < v50 < 16  # "about 14" in SPEC (the published exponents are rounded)
+    assert 10 < v50 < 16  # "about 14" in the paper (the published exponents are rounded)
     assert law.optimal_tokens(text_tokens=0) == 1.0  # text cached: the smallest V
     assert law.optimal_tokens(0, v_range=(4, 576)) == 4.0
     assert law.optimal_tokens(1e6) == 4096.0  # clipped to v_range

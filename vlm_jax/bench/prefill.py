@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from vlm_jax import models
     from vlm_jax.interop import hf
-    from vlm_jax.scaling.flops import param_count
+    from vlm_jax.models.flops import param_count
     cfg = bench_config()
     with tempfile.TemporaryDirectory() as d:
         hf.save(cfg, jax.device_get(models.init_params(cfg, 0)), d)

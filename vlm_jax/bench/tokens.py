@@ -23,7 +23,7 @@ interleave every V and part so machine load drifts hit them alike):
 - LLM: the decoder on the `[B, Q + V, D]` input embeddings, then the head at the last position.
 Before timing, the pieces are chained and checked against the total prefill's logits.
 
-Predicted FLOPs are `vlm_jax.scaling.flops.vlm_flops` (dense attention, last-position head);
+Predicted FLOPs are `vlm_jax.models.flops.vlm_flops` (dense attention, last-position head);
 the LLM part is its `llm_prefill + lm_head`. Targets: measured LLM speed-up against V = 576 at
 least 0.8 x the FLOPs-predicted one, and QueCC's own cost at most 5% of the prefill at V = 1.
 The share also gets a full-depth estimate (each timed part scaled by its FLOPs ratio between
@@ -53,10 +53,10 @@ import numpy as np
 from vlm_jax.models import presets
 from vlm_jax.models.compressors import window_size
 from vlm_jax.models.config import CompressorConfig, LLMConfig, ViTConfig, VLMConfig
+from vlm_jax.models.flops import vlm_flops
 from vlm_jax.models.layers import select_layers
 from vlm_jax.models.llm import default_positions
 from vlm_jax.models.vlm import VLM
-from vlm_jax.scaling.flops import vlm_flops
 
 TOKENS = (1, 4, 16, 36, 64, 144, 576)
 REFERENCE_VISION_DEPTH = 24

@@ -4,7 +4,7 @@
 
 The model is configs/tiny_vlm.py at the given arg (default: the tiny sweep's largest LLM).
 MFU = analytic model FLOPs per second / the CPU's f32 matmul peak measured in the same run
-with a large jitted matmul. Model FLOPs (vlm_jax.scaling.flops): forward x 3 for what trains,
+with a large jitted matmul. Model FLOPs (vlm_jax.models.flops): forward x 3 for what trains,
 the LM head over every position, the no-gradient text query once. The same steps are timed
 fed from an in-memory batch and from the real grain pipeline (as the trainer's loop: the next
 batch is read while a step runs). The pipeline's own CPU per batch is measured twice: on the
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     import tiny_vlm
 
     from vlm_jax import models
-    from vlm_jax.scaling import flops as flops_lib
+    from vlm_jax.models import flops as flops_lib
     from vlm_jax.train import data_feed
     from vlm_jax.train.trainer import Trainer
 

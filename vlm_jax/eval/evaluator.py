@@ -1,7 +1,7 @@
 """Evaluate a VLM on an eval loader: greedy answers, per-task metrics, and costs beside them.
 
 Every result carries its cost: visual tokens, text tokens, per-component FLOPs
-(vlm_jax.scaling.flops), measured time to first token and decode time per token.
+(vlm_jax.models.flops), measured time to first token and decode time per token.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vlm_jax import models
 from vlm_jax.config_args import check_keys
 from vlm_jax.eval import metrics as metrics_lib
 from vlm_jax.eval.generate import Generator
-from vlm_jax.scaling import flops as flops_lib
+from vlm_jax.models import flops as flops_lib
 
 log = logging.getLogger(__name__)
 

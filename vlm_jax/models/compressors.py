@@ -7,7 +7,7 @@ V = (G / k)^2 for an integer k dividing G; the output is row-major over the `G/k
 
 - `identity`: V = G*G.
 - `avgpool`: mean over each `k x k` window (= torch `F.avg_pool2d(kernel=k, stride=k)`).
-- `quecc`: SPEC.md section 2 (parameter tree mirrors the reference PyTorch module, see
+- `quecc`: docs/algorithms.md section 2 (parameter tree mirrors the reference PyTorch module, see
   vlm_jax/interop/quecc.py).
 - `tokenpacker`: QueCC without the text query, the query grid made by bilinear downsampling of
   `x` to `G/k x G/k` (as TokenPacker does: resize first, then the query MLP); the resize is
@@ -164,7 +164,7 @@ class _WindowCrossAttention(_Compressor):
 
 
 class QueCC(_WindowCrossAttention):
-    """Query-based convolutional cross-attention (SPEC.md section 2). `-> [B, V, C]`."""
+    """Query-based convolutional cross-attention (docs/algorithms.md section 2). `-> [B, V, C]`."""
 
     needs_text = True
 

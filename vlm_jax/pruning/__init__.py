@@ -1,4 +1,4 @@
-"""Inference-time visual-token pruning inside the LLM (SPEC section 4).
+"""Inference-time visual-token pruning inside the LLM (docs/algorithms.md section 4).
 
 - `PruneSpec(keep, query="last"|"text", impl="xla"|"pallas")`: a static schedule; pass it as
   `VLM.forward(..., prune=spec)` (or `Decoder.__call__(..., prune=spec, visual=mask)`) to get a

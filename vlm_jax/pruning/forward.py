@@ -1,4 +1,4 @@
-"""Visual-token pruning inside the LLM forward (SPEC section 4).
+"""Visual-token pruning inside the LLM forward (docs/algorithms.md section 4).
 
 `Decoder.__call__(..., prune=spec, visual=mask)` (and `VLM.forward(..., prune=spec)`) hand over
 to `pruned_decoder` here. Before layer l, if `keep[l] < keep[l-1]`, the top-`keep[l]` visual

@@ -1,4 +1,4 @@
-"""G-Search: greedy shallow-to-deep search of a pruning schedule (SPEC section 4).
+"""G-Search: greedy shallow-to-deep search of a pruning schedule (docs/algorithms.md section 4).
 
 Layer 0 keeps all V tokens. For l = 1 .. L-1, with layers < l fixed, the smallest count c from a
 grid with `c <= keep[l-1]` is chosen whose metric (on the schedule `keep[:l] + [c] * (L - l)`)

@@ -1,7 +1,7 @@
 """The two primitives pruning needs, behind one `impl` switch.
 
 - `attention_importance`: attention output plus, per key, the attention mass it receives from
-  chosen query rows, averaged over heads (SPEC section 4).
+  chosen query rows, averaged over heads (docs/algorithms.md section 4).
 - `select_and_compact`: keep every non-visual token and the top-k visual tokens by importance,
   in original order, gathering any number of `[B, L, ...]` arrays in one go.
 

@@ -1,6 +1,6 @@
-"""One cost report for every pruned run, whatever the method (SPEC section 4, budget accounting):
-per-layer kept counts, average kept visual tokens, LLM prefill FLOPs, measured time to first
-token, and the metric, always together.
+"""One cost report for every pruned run, whatever the method (docs/algorithms.md section 4,
+budget accounting): per-layer kept counts, average kept visual tokens, LLM prefill FLOPs,
+measured time to first token, and the metric, always together.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 import jax
 
 from vlm_jax.models.config import LLMConfig
+from vlm_jax.models.flops import llm_prefill_flops
 from vlm_jax.pruning import schedules
-from vlm_jax.scaling.flops import llm_prefill_flops
 
 
 def prefill_flops(cfg: LLMConfig, text_tokens: int, visual_tokens: int,
                   keep: Sequence[int] | None = None) -> float:
-    """LLM prefill FLOPs of one prompt (`vlm_jax.scaling.flops.llm_prefill_flops` total: layer l
+    """LLM prefill FLOPs of one prompt (`vlm_jax.models.flops.llm_prefill_flops` total: layer l
     holds `text_tokens + keep[l]` tokens, plus the last position's LM head)."""
     keep = schedules.full(cfg.depth, visual_tokens) if keep is None else tuple(keep)
     schedules.validate(keep, cfg.depth, visual_tokens)

@@ -1,4 +1,4 @@
-"""Pruning schedules: `keep[l]`, the visual tokens present at decoder layer l (SPEC section 4).
+"""Pruning schedules: `keep[l]`, the visual tokens present at decoder layer l (docs/algorithms.md section 4).
 
 A schedule is a plain tuple of ints, one per decoder layer, non-increasing, `keep[0] == V`
 (pruning before layer l ranks tokens by the attention of layer l-1, so layer 0 has nothing to

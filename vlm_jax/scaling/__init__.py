@@ -1,12 +1,12 @@
 """Scaling laws for inference-optimal VLMs: FLOPs model, law fitting, frontier, plots.
 
-Public contract (DESIGN.md): `fit(table) -> Law` with `law.alpha, law.beta, law.A, law.D`,
+Public contract: `fit(table) -> Law` with `law.alpha, law.beta, law.A, law.D`,
 `law.predict(N, V)` and `law.optimal_tokens(text_tokens=Q)`; `table` is rows `(N, V, score)`.
 CLI: `python -m vlm_jax.scaling fit FILE.csv --text-tokens Q` prints JSON. Plots live in
 `vlm_jax.scaling.plots` (imported on use: it pulls in matplotlib).
 """
 
-from vlm_jax.scaling.flops import (
+from vlm_jax.models.flops import (
     Flops,
     compressor_flops,
     format_flops,

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from vlm_jax.scaling import flops as flops_lib
+from vlm_jax.models import flops as flops_lib
 from vlm_jax.scaling.frontier import pareto_frontier
 from vlm_jax.scaling.law import fit
 from vlm_jax.scaling.table import TableError

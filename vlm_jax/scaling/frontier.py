@@ -1,4 +1,4 @@
-"""Inference cost of sweep results and their Pareto-optimal set (SPEC.md section 3).
+"""Inference cost of sweep results and their Pareto-optimal set (docs/algorithms.md section 3).
 
 Cost per query is the LLM's `C = 2 N (Q + V)` FLOPs (the vision encoder is a fixed cost), with
 N in parameters; `n_unit=1e9` reads N given in billions. A table may instead carry its own

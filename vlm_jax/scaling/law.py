@@ -1,4 +1,4 @@
-"""The inference scaling law of SPEC.md section 3: fit, predict, optimal visual-token count.
+"""The inference scaling law of docs/algorithms.md section 3: fit, predict, optimal visual-token count.
 
     Y(N, V) = A * N^(-alpha) * V^(-beta) + D,     Y = 1 - score (the error)
 
@@ -220,7 +220,8 @@ def fit(table: Any, *, bounds: str | Mapping[str, tuple[float, float]] = "wide",
         n_bootstrap: int = 200, seed: int = 0, grid_size: int = 81) -> Law:
     """Fits the law to rows `(N, V, score)` (list, array `[n, 3]`, dicts or CSV path).
 
-    bounds: 'wide' (default), 'paper' (SPEC's reference grid) or {name: (lo, hi)}.
+    bounds: 'wide' (default), 'paper' (the paper's reference grid, docs/algorithms.md section 3)
+    or {name: (lo, hi)}.
     n_bootstrap: row resamples for the 95% intervals (0: no intervals). Raises `TableError`
     on a malformed table; warns (`BoundWarning`) when a parameter ends on a bound.
     """

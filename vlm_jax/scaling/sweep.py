@@ -91,7 +91,7 @@ def run_point(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """mode=train_eval: train (resuming), evaluate, write `result.json` (one table row)."""
     from vlm_jax import models
     from vlm_jax.eval.evaluator import evaluate_config, load_run
-    from vlm_jax.scaling.flops import param_count
+    from vlm_jax.models.flops import param_count
     from vlm_jax.train.trainer import train
 
     summary = train(config, workdir)

@@ -1,4 +1,4 @@
-"""FLOPs and parameter counts from configs (SPEC.md section 3 FLOPs model, **ours**).
+"""FLOPs and parameter counts from configs (docs/algorithms.md section 3 FLOPs model, **ours**).
 
 Every `*_flops` function returns a `Flops` dict: component name -> FLOPs (float), plus
 `"total"`, the sum of the other entries (components are disjoint). `format_flops` prints one.
@@ -16,7 +16,7 @@ Conventions:
 - the vision tower of a VLM counts the layers up to the deepest hidden state the VLM reads
   (`jit` drops the rest, including the post-LN and SigLIP's MAP head); a `ViTConfig` alone
   counts every layer and the head.
-- compressors follow SPEC.md section 2 with `G x G` patches of width `C` in and `V` tokens out
+- compressors follow docs/algorithms.md section 2 with `G x G` patches of width `C` in and `V` tokens out
   (`k = G / sqrt(V)`); see `compressor_flops`.
 """
 
@@ -29,7 +29,7 @@ from vlm_jax.models.config import LLMConfig, ViTConfig, VLMConfig
 
 Flops = dict[str, float]
 
-# SPEC.md section 2: which compressors read several encoder layers / the text query. The
+# docs/algorithms.md section 2: which compressors read several encoder layers / the text query. The
 # registry's class attributes win where a compressor module exists.
 _NEEDS_MULTI = {"quecc": True, "tokenpacker": True}
 _NEEDS_TEXT = {"quecc": True}
@@ -56,7 +56,7 @@ def llm_layer_flops(cfg: LLMConfig, tokens: float, context: float | None = None)
     """One decoder layer: `tokens` queries, each attending to `context` keys (default tokens).
 
     Projections `2n(d dq + 2 d kv + dq d)`, SwiGLU MLP `2n 3 d m`, attention `4 n ctx dq` with
-    `dq = heads * head_dim`, `kv = kv_heads * head_dim` (SPEC's formula; dq = d normally).
+    `dq = heads * head_dim`, `kv = kv_heads * head_dim` (docs/algorithms.md section 3; dq = d normally).
     """
     n = float(tokens)
     ctx = n if context is None else float(context)
@@ -196,7 +196,7 @@ def _window(cfg: VLMConfig) -> tuple[int, int]:
 
 
 def compressor_flops(cfg: VLMConfig) -> Flops:
-    """The token compressor on one image (SPEC.md section 2), `C` = selected feature width,
+    """The token compressor on one image (docs/algorithms.md section 2), `C` = selected feature width,
     `Cm` = width of the multi-layer features, `P = G*G` patches in, `V` tokens out:
 
     - identity: 0. avgpool: one add per input element, `P C`.
@@ -288,8 +288,9 @@ def vlm_flops(cfg: VLMConfig, text_tokens: int, *, question_tokens: int | None =
 
 def simple_flops(cfg: LLMConfig | VLMConfig, text_tokens: int,
                  visual_tokens: int | None = None) -> float:
-    """SPEC's `C = 2 N (Q + V)`, N = `param_count` of the LLM (all its parameters, as model
-    sizes are quoted). V defaults to the VLM's `num_visual_tokens`."""
+    """The inference cost `C = 2 N (Q + V)` (docs/algorithms.md section 3), N = `param_count`
+    of the LLM (all its parameters, as model sizes are quoted). V defaults to the VLM's
+    `num_visual_tokens`."""
     llm = cfg.llm if isinstance(cfg, VLMConfig) else cfg
     if visual_tokens is None:
         if not isinstance(cfg, VLMConfig):
