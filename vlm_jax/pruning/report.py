@@ -6,7 +6,6 @@ measured time to first token, and the metric, always together.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -25,18 +24,6 @@ def prefill_flops(cfg: LLMConfig, text_tokens: int, visual_tokens: int,
     keep = schedules.full(cfg.depth, visual_tokens) if keep is None else tuple(keep)
     schedules.validate(keep, cfg.depth, visual_tokens)
     return float(llm_prefill_flops(cfg, text_tokens, visual_tokens, schedule=keep)["total"])
-
-
-def measure_seconds(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> float:
-    """Median wall time of `fn()` (its result blocked on), after `warmup` calls (compile)."""
-    for _ in range(max(1, warmup)):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(max(1, runs)):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 5
@@ -144,8 +131,3 @@ def _compact_keep(keep: Sequence[int]) -> str:
             runs.append([k, 1])
     return ",".join(f"{k}x{n}" if n > 1 else str(k) for k, n in runs)
 
-
-def write_jsonl(path: str, reports: Sequence[CostReport]) -> None:
-    with open(path, "w") as f:
-        for r in reports:
-            f.write(json.dumps(r.to_dict()) + "\n")

@@ -36,8 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def path_str(path) -> str:
-    """'a/b/c' for a jax tree path."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    """'a/b/c' for a jax tree path (the form parameter regexes match)."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def label_params(params, frozen: str, lr_groups: Sequence) -> dict:
