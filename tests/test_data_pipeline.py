@@ -290,25 +290,6 @@ def test_synthetic_records_equal_the_tfds_decode(cfg):
                                   source[3]["image"])
 
 
-def test_unseeded_sampler_matches_grain_index_sampler():
-    import grain.python as grain
-
-    from vlm_jax.data.pipeline import UnseededRecordSampler
-
-    for shard, shuffle, epochs in [(grain.NoSharding(), True, None),
-                                   (grain.ShardOptions(1, 3, drop_remainder=True), True, 2),
-                                   (grain.NoSharding(), False, 1)]:
-        kw = dict(num_records=50, shard_options=shard, shuffle=shuffle, num_epochs=epochs, seed=7)
-        ours, theirs = UnseededRecordSampler(**kw), grain.IndexSampler(**kw)
-        assert repr(ours) == repr(theirs) and len(ours) == len(theirs)  # checkpoints validate it
-        n = min(len(theirs), 120)
-        assert [ours[i].record_key for i in range(n)] == [theirs[i].record_key for i in range(n)]
-        assert ours[3].index == 3 and ours[3].rng is None
-        if epochs is not None:
-            with pytest.raises(IndexError):
-                ours[len(theirs)]
-
-
 def test_batches_equal_the_reference_pipeline(cfg):
     """Batch images = the former path (TFDS decode, PIL, float math) on the same records."""
     for size, norm in ((RES, "clip"), (48, "siglip")):
