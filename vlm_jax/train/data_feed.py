@@ -55,9 +55,14 @@ def make(config: ml_collections.ConfigDict, split: str = "train", mode: str = "t
     else:
         cfg = models.from_dict(config.model)
         num_visual, image_token_id = cfg.num_visual_tokens, cfg.image_token_id
+    global_batch, hosts = batch_size or config.train.batch_size, jax.process_count()
+    if global_batch % hosts:
+        raise ValueError(f"config.train.batch_size={global_batch} (the global batch) does not "
+                         f"divide by the {hosts} JAX processes: each would read a different "
+                         f"share; use a multiple of {hosts}")
     loader = data_lib.make_loader(
-        config.data, split=split, batch_size=(batch_size or config.train.batch_size)
-        // jax.process_count(), num_visual_tokens=num_visual, image_size=vision.image_size,
+        config.data, split=split, batch_size=global_batch // hosts, num_visual_tokens=num_visual,
+        image_size=vision.image_size,
         normalization="clip" if vision.family == "clip" else "siglip",
         image_token_id=image_token_id, seed=config.train.seed, mode=mode)
     return Feed(loader, config.stage)
