@@ -1,12 +1,24 @@
-"""Prefill latency: vlm_jax (jit, XLA CPU) vs transformers (torch CPU), same weights.
+"""Prefill and greedy generation: vlm_jax (jit, XLA CPU) vs transformers (torch CPU), same weights.
 
-    python -m vlm_jax.bench.prefill [--repeats 10] [--batch 4] [--text 64]
+    python -m vlm_jax.bench.prefill [--models 209m,110m] [--threads 1,2,4] [--repeats 5]
+                                    [--batch 4] [--text 64] [--new_tokens 32]
 
-A LLaVA-shaped model (CLIP-B/16-224-like tower, Qwen2-like decoder, ~200M parameters) is
-initialised in vlm_jax, written with `vlm_jax.interop.hf.save`, and both frameworks run the
-same batch (one image + `--text` tokens each) in separate worker processes, so each one's peak
-memory is its own. Prints a table, then one JSON line with `vlm_jax_ms`, `transformers_ms` and
-`ratio` (vlm_jax / transformers).
+Each model is initialised in vlm_jax, written with `vlm_jax.interop.hf.save`, and both
+frameworks run the same batch (one image + `--text` tokens per row) in separate worker
+processes (each one's peak memory is its own), for every thread count:
+- `209m`: CLIP-B/16-224 tower + a 12-layer Qwen2-style decoder (768 wide), ~209M parameters;
+- `110m`: 6 layers of CLIP-B/16-224 + 6 layers of the Qwen2-0.5B decoder (896 wide).
+A thread count N pins the worker to min(N, cores) cores and sets N intra-op threads in both
+frameworks (torch.set_num_threads, XLA's intra_op_parallelism_threads).
+
+Measured: prefill (logits at every position, as `LlavaForConditionalGeneration.forward`) and, with
+`--new_tokens T > 0`, greedy generation of T tokens with the KV cache (`vlm_jax.eval.generate`
+against `generate(do_sample=False)`; no early stop). Timings on a loaded machine are not
+comparable, so every figure is printed with the load average measured around it, a load
+above 1 is warned about, and the benchmark refuses to run where the load cannot be read.
+Prints tables, then one JSON line: per model and thread count `vlm_jax_ms`,
+`transformers_ms`, `ratio` (vlm_jax / transformers) for prefill and generation, the logit and
+token agreement, and the load.
 """
 
 from __future__ import annotations
@@ -19,17 +31,51 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
+MODELS = ("209m", "110m")
 
-def bench_config():
+
+def bench_config(name: str = "209m"):
+    """The benchmark's VLM config: `209m` or `110m` (module docstring)."""
     from vlm_jax.models import presets
     from vlm_jax.models.config import LLMConfig
-    llm = LLMConfig(family="qwen2", vocab_size=32001, width=768, depth=12, heads=12, kv_heads=2,
-                    mlp_dim=2048, rope_theta=1e6, qkv_bias=True, tie_embeddings=False)
-    cfg = presets.llava("clip-b/16-224", "qwen2-0.5b")
-    return dataclasses.replace(cfg, llm=llm, image_token_id=32000)
+    if name == "209m":
+        llm = LLMConfig(family="qwen2", vocab_size=32001, width=768, depth=12, heads=12,
+                        kv_heads=2, mlp_dim=2048, rope_theta=1e6, qkv_bias=True,
+                        tie_embeddings=False)
+        cfg = presets.llava("clip-b/16-224", "qwen2-0.5b")
+        return dataclasses.replace(cfg, llm=llm, image_token_id=32000)
+    if name == "110m":
+        cfg = presets.llava("clip-b/16-224", "qwen2-0.5b")
+        llm = dataclasses.replace(cfg.llm, depth=6, vocab_size=32001, tie_embeddings=False)
+        vision = dataclasses.replace(cfg.vision, depth=6)
+        return dataclasses.replace(cfg, llm=llm, vision=vision, image_token_id=32000)
+    if name == "tiny":  # a smoke test of the benchmark itself
+        cfg = presets.llava("clip-b/16-224", "qwen2-0.5b")
+        llm = LLMConfig(family="qwen2", vocab_size=32001, width=64, depth=2, heads=4, kv_heads=2,
+                        mlp_dim=128, rope_theta=1e6, qkv_bias=True, tie_embeddings=False)
+        vision = dataclasses.replace(cfg.vision, image_size=32, width=64, depth=2, heads=4,
+                                     mlp_dim=128)
+        return dataclasses.replace(cfg, llm=llm, vision=vision, image_token_id=32000)
+    raise ValueError(f"unknown benchmark model {name!r}; known: {(*MODELS, 'tiny')}")
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages; a timing without them is not reported."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError as err:
+        raise RuntimeError("cannot read the load average (os.getloadavg): speed figures are "
+                           "only reported beside it") from err
+
+
+def warn_if_loaded(load: list[float], what: str) -> None:
+    if load[0] > 1:
+        warnings.warn(f"{what}: load average {load[0]} > 1 on {os.cpu_count()} cores; the "
+                      f"timings are noisy and favour neither framework reliably", stacklevel=2)
 
 
 def make_inputs(cfg, batch: int, text: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -52,25 +98,32 @@ def _timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def worker_jax(model_dir: str, inputs: dict, repeats: int) -> dict:
+def worker_jax(model_dir: str, inputs: dict, repeats: int, new_tokens: int) -> dict:
     import jax
 
     from vlm_jax import models
+    from vlm_jax.eval.generate import Generator
     from vlm_jax.interop import hf
     cfg, params = hf.load(model_dir)
     module = models.build(cfg)
     params = jax.device_put(params)
     fwd = jax.jit(lambda p, im, tok: module.apply({"params": p}, im, tok))
     images, tokens = jax.device_put(inputs["images"]), jax.device_put(inputs["tokens"])
-    times = _timed(lambda: fwd(params, images, tokens).block_until_ready(), repeats)
-    logits = np.asarray(fwd(params, images, tokens)[:, -1])
-    return {"times_ms": times, "last_logits": logits.tolist()}
+    out = {"times_ms": _timed(lambda: fwd(params, images, tokens).block_until_ready(), repeats),
+           "last_logits": np.asarray(fwd(params, images, tokens)[:, -1]).tolist()}
+    if new_tokens:
+        gen = Generator(module, new_tokens)
+        batch = {"image": images, "tokens": tokens}
+        out["generate_ms"] = _timed(lambda: jax.block_until_ready(gen.tokens(params, batch)),
+                                    repeats)
+        out["generated"] = np.asarray(gen.tokens(params, batch)).tolist()
+    return out
 
 
-def worker_torch(model_dir: str, inputs: dict, repeats: int) -> dict:
+def worker_torch(model_dir: str, inputs: dict, repeats: int, new_tokens: int) -> dict:
     import torch
     from transformers import LlavaForConditionalGeneration
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     pixel = torch.from_numpy(inputs["images"]).permute(0, 3, 1, 2).contiguous()
     ids = torch.from_numpy(inputs["tokens"]).long()
@@ -79,8 +132,17 @@ def worker_torch(model_dir: str, inputs: dict, repeats: int) -> dict:
         with torch.inference_mode():
             return model(input_ids=ids, pixel_values=pixel).logits
 
-    times = _timed(run, repeats)
-    return {"times_ms": times, "last_logits": run()[:, -1].float().numpy().tolist()}
+    out = {"times_ms": _timed(run, repeats), "last_logits": run()[:, -1].float().numpy().tolist()}
+    if new_tokens:
+        def generate():
+            with torch.inference_mode():
+                return model.generate(input_ids=ids, pixel_values=pixel, do_sample=False,
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                      use_cache=True, eos_token_id=None, pad_token_id=0)
+
+        out["generate_ms"] = _timed(generate, repeats)
+        out["generated"] = generate()[:, ids.shape[1]:].numpy().tolist()
+    return out
 
 
 def peak_rss_mb() -> float:
@@ -92,60 +154,123 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def _worker_env(worker: str, threads: int) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu")
+    if worker == "jax":
+        flags = f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} " \
+                f"intra_op_parallelism_threads={threads}"
+        env["XLA_FLAGS"] = flags
+    return env
+
+
 def _worker_main(args) -> None:
+    cores = sorted(os.sched_getaffinity(0))[:max(1, min(args.threads, os.cpu_count() or 1))]
+    os.sched_setaffinity(0, cores)
+    if args.worker == "torch":
+        import torch
+        torch.set_num_threads(args.threads)
     inputs = dict(np.load(os.path.join(args.dir, "inputs.npz")))
     fn = worker_jax if args.worker == "jax" else worker_torch
-    out = fn(args.dir, inputs, args.repeats)
-    out["peak_rss_mb"] = peak_rss_mb()
+    out = fn(args.dir, inputs, args.repeats, args.new_tokens)
+    out.update(peak_rss_mb=peak_rss_mb(), cores=cores, threads=args.threads)
     with open(os.path.join(args.dir, f"result_{args.worker}.json"), "w") as f:
         json.dump(out, f)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _run_worker(d: str, worker: str, threads: int, repeats: int, new_tokens: int) -> dict:
+    load_before = load_average()
+    subprocess.run([sys.executable, "-m", "vlm_jax.bench.prefill", "--worker", worker,
+                    "--dir", d, "--repeats", str(repeats), "--threads", str(threads),
+                    "--new_tokens", str(new_tokens)], check=True, env=_worker_env(worker, threads))
+    with open(os.path.join(d, f"result_{worker}.json")) as f:
+        out = json.load(f)
+    out["load_avg"] = [load_before, load_average()]
+    return out
+
+
+def compare(results: dict, new_tokens: int) -> dict:
+    """Medians, ratios and agreement of one (model, threads) pair of worker results."""
+    jx, pt = results["jax"], results["torch"]
+    out = {"vlm_jax_ms": float(np.median(jx["times_ms"])),
+           "transformers_ms": float(np.median(pt["times_ms"])),
+           "max_logit_diff": float(np.max(np.abs(np.asarray(jx["last_logits"])
+                                                 - np.asarray(pt["last_logits"])))),
+           "vlm_jax_peak_rss_mb": jx["peak_rss_mb"], "transformers_peak_rss_mb": pt["peak_rss_mb"],
+           "load_avg": {"vlm_jax": jx["load_avg"], "transformers": pt["load_avg"]}}
+    out["ratio"] = out["vlm_jax_ms"] / out["transformers_ms"]
+    if new_tokens:
+        out["generate"] = {
+            "vlm_jax_ms": float(np.median(jx["generate_ms"])),
+            "transformers_ms": float(np.median(pt["generate_ms"])),
+            "token_agreement": float(np.mean(np.asarray(jx["generated"])
+                                             == np.asarray(pt["generated"])))}
+        g = out["generate"]
+        g["ratio"] = g["vlm_jax_ms"] / g["transformers_ms"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--threads", default="1,2,4", help="comma-separated thread counts")
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--text", type=int, default=64)
+    p.add_argument("--new_tokens", type=int, default=32, help="0: prefill only")
     p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
+        args.threads = int(args.threads)
         return _worker_main(args)
+    names = [m for m in args.models.split(",") if m]
+    threads = [int(t) for t in args.threads.split(",") if t]
+    if not names or not threads or min(threads) < 1 or args.repeats < 1:
+        raise ValueError(f"need models, thread counts >= 1 and --repeats >= 1; got "
+                         f"--models={args.models!r} --threads={args.threads!r} "
+                         f"--repeats={args.repeats}")
+    warn_if_loaded(load_average(), "bench.prefill start")
 
     import jax
 
     from vlm_jax import models
     from vlm_jax.interop import hf
     from vlm_jax.models.flops import param_count
-    cfg = bench_config()
-    with tempfile.TemporaryDirectory() as d:
-        hf.save(cfg, jax.device_get(models.init_params(cfg, 0)), d)
-        np.savez(os.path.join(d, "inputs.npz"), **make_inputs(cfg, args.batch, args.text))
-        results = {}
-        for worker in ("jax", "torch"):
-            subprocess.run([sys.executable, "-m", "vlm_jax.bench.prefill", "--worker", worker,
-                            "--dir", d, "--repeats", str(args.repeats)], check=True)
-            with open(os.path.join(d, f"result_{worker}.json")) as f:
-                results[worker] = json.load(f)
-    med = {w: float(np.median(r["times_ms"])) for w, r in results.items()}
-    diff = float(np.max(np.abs(np.asarray(results["jax"]["last_logits"])
-                               - np.asarray(results["torch"]["last_logits"]))))
-    n_params = param_count(cfg)
-    seq = cfg.num_visual_tokens + args.text
-    print(f"LLaVA-shaped model: {n_params / 1e6:.0f}M parameters, batch {args.batch}, "
-          f"{cfg.num_visual_tokens} visual + {args.text} text tokens (sequence {seq}), "
-          f"{os.cpu_count()} CPU cores")
-    print(f"{'framework':14s} {'median ms':>10s} {'min ms':>8s} {'peak RSS MB':>12s}")
-    for w, name in (("jax", "vlm_jax"), ("torch", "transformers")):
-        r = results[w]
-        print(f"{name:14s} {med[w]:10.1f} {min(r['times_ms']):8.1f} {r['peak_rss_mb']:12.0f}")
-    print(f"max |logit diff| at the last position: {diff:.2e}")
-    summary = {"vlm_jax_ms": med["jax"], "transformers_ms": med["torch"],
-               "ratio": med["jax"] / med["torch"], "vlm_jax_peak_rss_mb": results["jax"]["peak_rss_mb"],
-               "transformers_peak_rss_mb": results["torch"]["peak_rss_mb"], "params": n_params,
-               "max_logit_diff": diff}
+    summary = {"batch": args.batch, "text_tokens": args.text, "new_tokens": args.new_tokens,
+               "cpu_count": os.cpu_count(), "models": {}}
+    for name in names:
+        cfg = bench_config(name)
+        n_params = param_count(cfg)
+        entry = {"params": n_params, "visual_tokens": cfg.num_visual_tokens, "threads": {}}
+        with tempfile.TemporaryDirectory() as d:
+            hf.save(cfg, jax.device_get(models.init_params(cfg, 0)), d)
+            np.savez(os.path.join(d, "inputs.npz"), **make_inputs(cfg, args.batch, args.text))
+            for i, n in enumerate(threads):
+                order = ("jax", "torch") if i % 2 == 0 else ("torch", "jax")
+                res = {w: _run_worker(d, w, n, args.repeats, args.new_tokens) for w in order}
+                entry["threads"][str(n)] = compare(res, args.new_tokens)
+        summary["models"][name] = entry
+        print_table(name, entry, args)
+    loads = [load for e in summary["models"].values() for t in e["threads"].values()
+             for pair in t["load_avg"].values() for load in pair]
+    summary["load_avg_max"] = max(load[0] for load in loads)
+    warn_if_loaded([summary["load_avg_max"]], "bench.prefill (max over the runs)")
     print(json.dumps(summary))
     return summary
+
+
+def print_table(name: str, entry: dict, args) -> None:
+    print(f"\nmodel {name}: {entry['params'] / 1e6:.0f}M parameters, batch {args.batch}, "
+          f"{entry['visual_tokens']} visual + {args.text} text tokens, {os.cpu_count()} cores")
+    print(f"{'threads':>7s} {'prefill jax ms':>15s} {'torch ms':>9s} {'ratio':>6s} "
+          f"{'gen jax ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'|dlogit|':>9s} {'load 1m':>12s}")
+    for n, r in entry["threads"].items():
+        g = r.get("generate", {})
+        loads = [x[0] for pair in r["load_avg"].values() for x in pair]
+        print(f"{n:>7s} {r['vlm_jax_ms']:15.1f} {r['transformers_ms']:9.1f} {r['ratio']:6.2f} "
+              f"{g.get('vlm_jax_ms', float('nan')):11.1f} "
+              f"{g.get('transformers_ms', float('nan')):9.1f} {g.get('ratio', float('nan')):6.2f} "
+              f"{r['max_logit_diff']:9.1e} {min(loads):5.2f}-{max(loads):5.2f}")
 
 
 if __name__ == "__main__":
