@@ -17,3 +17,20 @@ def test_tiny_benchmark_agrees_with_transformers_and_reports_the_load():
     for pair in r["load_avg"].values():
         assert len(pair) == 2 and all(len(load) == 3 for load in pair)
     assert math.isfinite(s["load_avg_max"])
+
+
+def test_speed_figures_need_the_load_average(monkeypatch):
+    import os
+
+    import pytest
+
+    from vlm_jax.bench import load
+
+    def unreadable():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(os, "getloadavg", unreadable)
+    with pytest.raises(RuntimeError, match="load average"):
+        load.load_average()
+    with pytest.warns(UserWarning, match="load average 3.5 > 1"):
+        load.warn_if_loaded([3.5, 1.0, 1.0], "test")

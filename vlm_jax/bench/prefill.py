@@ -31,9 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
+
+from vlm_jax.bench.load import load_average, warn_if_loaded
 
 MODELS = ("209m", "110m")
 
@@ -61,21 +62,6 @@ def bench_config(name: str = "209m"):
                                      mlp_dim=128)
         return dataclasses.replace(cfg, llm=llm, vision=vision, image_token_id=32000)
     raise ValueError(f"unknown benchmark model {name!r}; known: {(*MODELS, 'tiny')}")
-
-
-def load_average() -> list[float]:
-    """The 1, 5 and 15-minute load averages; a timing without them is not reported."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError as err:
-        raise RuntimeError("cannot read the load average (os.getloadavg): speed figures are "
-                           "only reported beside it") from err
-
-
-def warn_if_loaded(load: list[float], what: str) -> None:
-    if load[0] > 1:
-        warnings.warn(f"{what}: load average {load[0]} > 1 on {os.cpu_count()} cores; the "
-                      f"timings are noisy and favour neither framework reliably", stacklevel=2)
 
 
 def make_inputs(cfg, batch: int, text: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm_jax.bench.load import load_average, warn_if_loaded
 from vlm_jax.models import presets
 from vlm_jax.models.compressors import window_size
 from vlm_jax.models.config import CompressorConfig, LLMConfig, ViTConfig, VLMConfig
@@ -381,7 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
         tokens = sorted({int(t) for t in args.tokens.split(",")})
     except ValueError as err:
         raise ValueError(f"--tokens must be comma-separated integers, got {args.tokens!r}") from err
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
+    warn_if_loaded(load_start, "bench.tokens start")
     cases, shared = build_cases(tokens, llm_depth=llm_depth, vision_depth=vision_depth,
                                 batch=args.batch, text=args.text_tokens, quick=args.quick,
                                 seed=args.seed)
@@ -389,7 +391,8 @@ def main(argv: list[str] | None = None) -> dict:
     s = summarize(cases, ms, text=args.text_tokens, batch=args.batch, llm_depth=llm_depth,
                   vision_depth=vision_depth, quick=args.quick)
     s["settings"].update(repeats=repeats, load_avg_start=load_start,
-                         load_avg_end=[round(x, 2) for x in os.getloadavg()])
+                         load_avg_end=load_average())
+    warn_if_loaded(s["settings"]["load_avg_end"], "bench.tokens end")
     print_table(s)
     print(json.dumps(s))
     return s
