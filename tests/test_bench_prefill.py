@@ -34,3 +34,24 @@ def test_speed_figures_need_the_load_average(monkeypatch):
         load.load_average()
     with pytest.warns(UserWarning, match="load average 3.5 > 1"):
         load.warn_if_loaded([3.5, 1.0, 1.0], "test")
+
+
+def test_profile_categories_from_the_compiled_prefill():
+    import jax
+
+    from vlm_jax import models
+    from vlm_jax.bench import profile
+
+    cfg = prefill.bench_config("tiny")
+    module, params = models.build(cfg), models.init_params(cfg, 0)
+    inputs = prefill.make_inputs(cfg, 2, 8)
+    hlo = jax.jit(lambda p, i, t: module.apply({"params": p}, i, t)).lower(
+        params, inputs["images"], inputs["tokens"]).compile().as_text()
+    kinds = set(profile.hlo_categories(hlo).values())
+    assert {"matmuls", "attention", "norms"} <= kinds <= set(profile.CATEGORIES)
+    assert profile.categorize_hlo("jit(f)/VLM/llm/layers_0/self_attn/q_proj/dot_general",
+                                  "fusion") == "matmuls"
+    assert profile.categorize_hlo("jit(f)/VLM/llm/layers_0/self_attn/dot_general",
+                                  "fusion") == "attention"
+    assert profile.categorize_aten("aten::addmm") == "matmuls"
+    assert profile.categorize_aten("aten::_softmax") == "attention"
