@@ -89,9 +89,11 @@ def run_vlm_jax(cfg: Any, params: Any, inputs: dict[str, np.ndarray]) -> dict[st
     if isinstance(cfg, VLMConfig):
         from vlm_jax.models.vlm import check_placeholders
         check_placeholders(inputs["tokens"], cfg.image_token_id, cfg.num_visual_tokens)
-        logits = jax.jit(lambda v, i, t, m, p: module.apply(v, images=i, tokens=t, valid=m,
-                                                            positions=p))(
-            variables, jnp.asarray(inputs["images"]), tokens, valid, positions)
+        question = {k: jnp.asarray(inputs[k]) for k in ("question", "question_valid")
+                    if k in inputs}
+        logits = jax.jit(lambda v, i, t, m, p, q: module.apply(v, images=i, tokens=t, valid=m,
+                                                               positions=p, **q))(
+            variables, jnp.asarray(inputs["images"]), tokens, valid, positions, question)
     else:
         def fwd(v, t, m, p):
             embeds = module.apply(v, t, method="embed")

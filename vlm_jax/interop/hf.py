@@ -20,6 +20,8 @@ import dataclasses
 import json
 import os
 import re
+import shutil
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -146,7 +148,10 @@ def load(path: str, *, vision_path: str | None = None,
     if isinstance(cfg, (LLMConfig, VLMConfig)) and _llm(cfg).tie_embeddings:
         ignored = (*ignored, r"(^|\.)lm_head\.weight$")  # a stored copy of the tied table
     flat = read_params(Checkpoint(path), _parts(cfg), param_shapes(cfg), aliases, ignored)
-    return cfg, traverse_util.unflatten_dict(flat, sep="/")
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    if kind == "vision":
+        _remember_tower(params, os.path.abspath(path))
+    return cfg, params
 
 
 def _llm(cfg: LLMConfig | VLMConfig) -> LLMConfig:
@@ -167,17 +172,63 @@ def _infer_clip(ckpt: Checkpoint, prefix: str) -> ViTConfig:
                      mlp_dim=shape("encoder.layers.0.mlp.fc1.weight")[0], norm_eps=1e-5)
 
 
+_TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
+_TOWER_DIR = "vision_tower"  # where `save(..., write_tower=True)` puts the tower
+_TOWER_SOURCES: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def _tower_key(tower: Mapping) -> np.ndarray | None:
+    leaves = jax.tree_util.tree_leaves(tower)
+    return leaves[0] if leaves and isinstance(leaves[0], np.ndarray) else None
+
+
+def _remember_tower(tower: Mapping, source: str) -> None:
+    """Records where a loaded tower came from (a directory or Hub name the fork can open)."""
+    leaf = _tower_key(tower)
+    if leaf is not None:
+        _TOWER_SOURCES[id(leaf)] = (weakref.ref(leaf), source)
+
+
+def tower_source(tower: Mapping) -> str | None:
+    """The directory (or Hub name) `load` read these tower params from, if they are unchanged."""
+    leaf = _tower_key(tower)
+    ref, source = _TOWER_SOURCES.get(id(leaf), (None, None)) if leaf is not None else (None, None)
+    return source if ref is not None and ref() is leaf else None
+
+
+def _local_tower(path: str, name: str | None) -> str | None:
+    """The local tower directory of an original-LLaVA checkpoint: `mm_vision_tower` when it is
+    one, else the `vision_tower/` folder `save(..., write_tower=True)` writes."""
+    for candidate in (name, os.path.join(path, _TOWER_DIR)):
+        if candidate and os.path.isfile(os.path.join(candidate, "config.json")):
+            return candidate
+    return None
+
+
+def _tower_config(path: str) -> tuple[Config, None]:
+    """The config `load(path)` would return, without reading weights."""
+    d = read_config(path)
+    where = os.path.join(path, "config.json")
+    name, kind, family = hf_config.architecture(d, where)
+    if kind != "vision":
+        return LLMConfig() if kind == "llm" else VLMConfig(), None
+    return hf_config.vision_from_hf(_vision_section(d, name, family), where), None
+
+
 def load_llava_original(path: str, vision_path: str | None = None,
                         image_token_id: int | None = None) -> tuple[VLMConfig, dict]:
-    """`(cfg, params)` from an original-LLaVA-repository checkpoint.
+    """`(cfg, params)` from an original-LLaVA-repository checkpoint, or the QueCC fork's.
 
-    Layout: `model.embed_tokens`, `model.layers.*`, `model.norm`, `lm_head` (the LLM),
-    `model.mm_projector.{0,2}` (mlp2x_gelu), and optionally the tower under
-    `model.vision_tower.vision_tower.vision_model.*`; config.json carries `mm_vision_tower`,
-    `mm_projector_type`, `mm_vision_select_layer`, `mm_vision_select_feature`, `mm_hidden_size`.
-    The tower comes from the checkpoint when it holds one (its config from `vision_path` if
-    given, else inferred from the shapes as a CLIP with head dim 64), otherwise from
-    `vision_path`, a local CLIP / SigLIP directory `load` reads. The image placeholder id
+    Layout (`mappings.original_llava_parts`): `model.embed_tokens`, `model.layers.*`,
+    `model.norm`, `lm_head` (the LLM); `model.mm_projector.{0,2}` (mlp2x_gelu) or, with
+    `mm_vision_token_compression_type: "quecc"`, `model.mm_projector.0.*` (QueCC) and
+    `.{1,3}` (the linears); optionally the tower under
+    `model.vision_tower.vision_tower.vision_model.*`. config.json carries `mm_vision_tower`,
+    `mm_projector_type`, `mm_vision_select_layer`, `mm_vision_select_feature`, `mm_hidden_size`
+    and the fork's `mm_vision_token_compression_*` / `mm_vision_output_*` keys.
+    The tower's config (and, when the checkpoint holds no tower, its weights) come from
+    `vision_path`, else from `mm_vision_tower` when that is a local directory; a tower stored in
+    the checkpoint without either is read as a CLIP with head dim 64. The image placeholder id
     defaults to `vocab_size` (the original code splices at a `-200` marker instead).
     """
     d = read_config(path)
@@ -187,31 +238,34 @@ def load_llava_original(path: str, vision_path: str | None = None,
         raise ValueError(f"{where}: architecture {name!r} is not an original-LLaVA checkpoint")
     _require_single_image(d, where)
     ckpt = Checkpoint(path)
-    tower_prefix = "model.vision_tower.vision_tower.vision_model."
-    has_tower = any(k.startswith(tower_prefix) for k in ckpt.keys())
+    has_tower = any(k.startswith(_TOWER_PREFIX) for k in ckpt.keys())
+    tower_dir = vision_path or _local_tower(path, d.get("mm_vision_tower"))
     vision_params = None
-    if vision_path is not None:
-        vcfg, vision_params = load(vision_path)
+    if tower_dir is not None:
+        vcfg, vision_params = _tower_config(tower_dir) if has_tower else load(tower_dir)
         if not isinstance(vcfg, ViTConfig):
-            raise ValueError(f"vision_path {vision_path!r} holds {type(vcfg).__name__}, not a "
+            raise ValueError(f"vision tower {tower_dir!r} holds {type(vcfg).__name__}, not a "
                              "CLIP / SigLIP vision tower")
     elif has_tower:
-        vcfg = _infer_clip(ckpt, tower_prefix)
+        vcfg = _infer_clip(ckpt, _TOWER_PREFIX)
     else:
-        raise ValueError(f"{where}: the checkpoint holds no vision tower (mm_vision_tower="
-                         f"{d.get('mm_vision_tower')!r}); pass vision_path= a local directory "
-                         "of that CLIP / SigLIP model")
+        raise ValueError(f"{where}: the checkpoint holds no vision tower and mm_vision_tower="
+                         f"{d.get('mm_vision_tower')!r} is not a local directory; pass "
+                         "vision_path= a local directory of that CLIP / SigLIP model")
     cfg = hf_config.original_llava_from_hf(d, family, vcfg, image_token_id, where)
-    parts = mappings.llava_parts(vcfg.family)
+    parts = mappings.original_llava_parts(vcfg.family, cfg.compressor.name)
     shapes = param_shapes(cfg)
     if not has_tower:
         parts = parts[1:]
         shapes = {k: v for k, v in shapes.items() if not k.startswith("vision_tower/")}
     ignored = (r"(^|\.)lm_head\.weight$",) if cfg.llm.tie_embeddings else ()
-    flat = read_params(ckpt, parts, shapes, mappings.ORIGINAL_LLAVA_ALIASES, ignored)
+    flat = read_params(ckpt, parts, shapes, (), ignored)
     params = traverse_util.unflatten_dict(flat, sep="/")
     if not has_tower:
         params["vision_tower"] = vision_params
+    source = os.path.abspath(tower_dir) if tower_dir and not has_tower else d.get("mm_vision_tower")
+    if source:
+        _remember_tower(params["vision_tower"], source)
     return cfg, params
 
 
@@ -224,12 +278,14 @@ def _require_single_image(d: dict, where: str) -> None:
                          "single-image LLaVA-1.5-style checkpoints")
 
 
-def save(cfg: Any, params: Mapping, path: str, *, max_shard_bytes: int | None = None) -> None:
-    """Writes `config.json` + safetensors that transformers' `from_pretrained` loads."""
-    cfg = models.from_dict(cfg)
-    config = hf_config.to_hf(cfg)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
+                   "chat_template.json", "chat_template.jinja")
+FORMATS = ("hf", "llava_original")
+
+
+def _check_params(cfg: Config, flat: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     shapes = param_shapes(cfg)
-    flat = traverse_util.flatten_dict(dict(params), sep="/")
     missing = sorted(set(shapes) - set(flat))
     extra = sorted(set(flat) - set(shapes))
     if missing or extra:
@@ -239,7 +295,11 @@ def save(cfg: Any, params: Mapping, path: str, *, max_shard_bytes: int | None = 
         if tuple(np.shape(flat[p])) != shape:
             raise ValueError(f"param {p!r} has shape {list(np.shape(flat[p]))}, the config needs "
                              f"{list(shape)}")
-    entries = mappings.plan(_parts(cfg), shapes)
+    return shapes
+
+
+def _write(path: str, parts, shapes, flat, config: dict, max_shard_bytes: int | None) -> None:
+    entries = mappings.plan(parts, shapes)
 
     def producer(entry: mappings.Entry):
         return lambda: entry.transform.to_hf(*[np.asarray(flat[p], np.float32)
@@ -250,6 +310,73 @@ def save(cfg: Any, params: Mapping, path: str, *, max_shard_bytes: int | None = 
     write_checkpoint(path, tensors, max_shard_bytes)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
+
+
+def _copy_tokenizer(tokenizer: str, path: str) -> None:
+    folder = os.path.dirname(tokenizer) if os.path.isfile(tokenizer) else tokenizer
+    found = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(folder, n))]
+    if "tokenizer.json" not in found and "tokenizer.model" not in found:
+        raise FileNotFoundError(f"tokenizer={tokenizer!r}: no tokenizer.json or tokenizer.model "
+                                f"in {folder!r}")
+    for name in found:
+        shutil.copyfile(os.path.join(folder, name), os.path.join(path, name))
+
+
+def _write_tower(cfg: VLMConfig, tower: Mapping, path: str) -> str:
+    """The tower as a transformers CLIP directory (weights, config, image processor)."""
+    save(cfg.vision, tower, path)
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    size = cfg.vision.image_size
+    processor = {"image_processor_type": "CLIPImageProcessor", "do_resize": True,
+                 "size": {"shortest_edge": size}, "do_center_crop": True,
+                 "crop_size": {"height": size, "width": size}, "do_rescale": True,
+                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(mean),
+                 "image_std": list(std), "do_convert_rgb": True, "resample": 3}
+    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
+        json.dump(processor, f, indent=2)
+    return os.path.abspath(path)
+
+
+def save(cfg: Any, params: Mapping, path: str, *, format: str = "hf",
+         max_shard_bytes: int | None = None, tokenizer: str | None = None,
+         vision_tower: str | None = None, write_tower: bool = False) -> None:
+    """Writes config.json + safetensors (+ the tokenizer files of `tokenizer`, a folder).
+
+    `format="hf"`: what transformers' `from_pretrained` loads (LLaVA, Llama, Qwen2, CLIP,
+    SigLIP). `format="llava_original"` (VLMs): the original LLaVA repository's layout, with the
+    QueCC fork's `mm_vision_token_compression_*` keys for a QueCC model. Its `mm_vision_tower`
+    is `vision_tower` if given; else, with `write_tower=True`, the tower written as a
+    transformers CLIP directory in `path/vision_tower`; else the directory (or Hub name) `load`
+    read the tower from. The tower's tensors also go into the checkpoint when `mm_vision_tower`
+    is not a local directory, so `load` can read the export back without the Hub.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}; known: {list(FORMATS)}")
+    cfg = models.from_dict(cfg)
+    flat = traverse_util.flatten_dict(dict(params), sep="/")
+    if format == "hf":
+        config = hf_config.to_hf(cfg)
+        _write(path, _parts(cfg), _check_params(cfg, flat), flat, config, max_shard_bytes)
+    else:
+        if not isinstance(cfg, VLMConfig):
+            raise ValueError(f"format='llava_original' saves VLMs; got {type(cfg).__name__}")
+        shapes = _check_params(cfg, flat)
+        if write_tower:
+            vision_tower = _write_tower(cfg, params["vision_tower"], os.path.join(path, _TOWER_DIR))
+        vision_tower = vision_tower or tower_source(params["vision_tower"])
+        if vision_tower is None:
+            raise ValueError("format='llava_original' records the tower the original code "
+                             "opens (mm_vision_tower), and these tower params were not read "
+                             "from a directory: pass vision_tower=DIR_OR_HUB_NAME or "
+                             "write_tower=True")
+        config = hf_config.original_llava_to_hf(cfg, vision_tower)
+        parts = mappings.original_llava_parts(cfg.vision.family, cfg.compressor.name)
+        if os.path.isdir(vision_tower):
+            parts = parts[1:]
+            shapes = {k: v for k, v in shapes.items() if not k.startswith("vision_tower/")}
+        _write(path, parts, shapes, flat, config, max_shard_bytes)
+    if tokenizer is not None:
+        _copy_tokenizer(tokenizer, path)
 
 
 def add_image_token(cfg: VLMConfig, params: Mapping) -> tuple[VLMConfig, dict]:

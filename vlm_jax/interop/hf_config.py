@@ -10,6 +10,7 @@ the key. `to_hf` writes what transformers 5.x writes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from vlm_jax.models.config import CompressorConfig, LLMConfig, ViTConfig, VLMConfig
@@ -162,25 +163,141 @@ def vlm_from_hf(d: dict, where: str = "config.json") -> VLMConfig:
                      vision_feature_select=select, image_token_id=int(image_token))
 
 
+# The QueCC fork fixes these (its quecc.py / clip_encoder.py); a config.json may override the
+# feature layers with this key, which vlm_jax writes when they differ (the fork ignores it).
+FORK_QUECC_LAYERS = (12, 16, 22, 23)
+FORK_QUECC_HEADS = 8
+FORK_QUECC_EPS = 1e-6
+_LAYERS_KEY = "mm_vision_token_compression_feature_layers"
+_ORIGINAL_ARCH = {"llama": ("LlavaLlamaForCausalLM", "llava_llama"),
+                  "qwen2": ("LlavaQwenForCausalLM", "llava_qwen")}
+
+
+def _fork_compressor(d: dict, vision: ViTConfig, llm: LLMConfig, patches: int,
+                     where: str) -> CompressorConfig:
+    """The fork's `mm_vision_token_compression_*` keys -> CompressorConfig.
+
+    The fork's `mm_vision_output_token_count` counts patches *into* QueCC (a square grid G*G);
+    the tokens out are `(G / k)^2` for the conv kernel k (stride must equal k).
+    """
+    kind = d.get("mm_vision_token_compression_type")
+    if kind is None:
+        return CompressorConfig()
+    if kind != "quecc":
+        raise ValueError(f"{where}: mm_vision_token_compression_type={kind!r} is not supported; "
+                         "vlm_jax reads null (no compression) and 'quecc'")
+    if d.get("mm_vision_select_feature", "patch") != "patch":
+        raise ValueError(f"{where}: mm_vision_select_feature="
+                         f"{d['mm_vision_select_feature']!r} with QueCC; the fork's QueCC needs "
+                         "'patch' (a square patch grid)")
+    count = d.get("mm_vision_output_token_count")
+    count = patches if count is None else count
+    if count != patches:
+        raise ValueError(f"{where}: mm_vision_output_token_count={count} but the vision tower "
+                         f"gives {patches} patches ({vision.grid}x{vision.grid})")
+    kernel = d.get("mm_vision_token_compression_kernel_size")
+    kernel = 4 if kernel is None else int(kernel)
+    stride = d.get("mm_vision_token_compression_stride")
+    stride = 4 if stride is None else int(stride)
+    if stride != kernel:
+        raise ValueError(f"{where}: mm_vision_token_compression_stride={stride} differs from "
+                         f"mm_vision_token_compression_kernel_size={kernel}; vlm_jax's QueCC "
+                         "uses non-overlapping windows (stride = kernel)")
+    if kernel < 1 or vision.grid % kernel:
+        raise ValueError(f"{where}: mm_vision_token_compression_kernel_size={kernel} does not "
+                         f"divide the {vision.grid}x{vision.grid} patch grid")
+    text = d.get("mm_vision_output_text_embedding_size")
+    text = 4096 if text is None else text
+    if text != llm.width:
+        raise ValueError(f"{where}: mm_vision_output_text_embedding_size={text} but the LLM's "
+                         f"hidden_size is {llm.width} (QueCC's text query is the LLM's hidden "
+                         "state)")
+    layers = tuple(d.get(_LAYERS_KEY) or FORK_QUECC_LAYERS)
+    if max(layers) > vision.depth:
+        raise ValueError(f"{where}: QueCC reads the tower's hidden states {list(layers)} but the "
+                         f"tower has {vision.depth} layers (hidden states 0..{vision.depth})")
+    return CompressorConfig(name="quecc", num_tokens=(vision.grid // kernel) ** 2,
+                            feature_layers=layers, use_text_query=True,
+                            heads=FORK_QUECC_HEADS, norm_eps=FORK_QUECC_EPS)
+
+
 def original_llava_from_hf(d: dict, family: str, vision: ViTConfig,
                            image_token_id: int | None = None,
                            where: str = "config.json") -> VLMConfig:
-    """An original-LLaVA config.json (`mm_*` keys) + the tower's config -> VLMConfig.
+    """An original-LLaVA / QueCC-fork config.json (`mm_*` keys) + the tower's config -> VLMConfig.
 
-    The original code puts the image features at a `-200` marker; here the placeholder id
-    defaults to `vocab_size` (one past the table; it is never looked up).
+    The original code puts the image features at a `-200` marker; here the placeholder id is
+    `image_token_id`, else config.json's `image_token_index` (vlm_jax writes it when it is not
+    the default), else `vocab_size` (one past the table; it is never looked up).
     """
     llm = llm_from_hf(dict(d, model_type=family), where, family)
     _require(d, "mm_projector_type", ("mlp2x_gelu",), where, "linear")
     feature = _require(d, "mm_vision_select_feature", ("patch", "cls_patch"), where, "patch")
     hidden = d.get("mm_hidden_size", vision.width)
     if hidden != vision.width:
-        raise ValueError(f"{where}: mm_hidden_size={hidden} but the vision tower's width is "
-                         f"{vision.width}")
-    return VLMConfig(vision=vision, llm=llm, compressor=CompressorConfig(), projector_bias=True,
+        raise ValueError(f"{where}: mm_hidden_size={hidden} but the vision tower's width "
+                         f"(hidden_size) is {vision.width}")
+    patches = vision.grid ** 2 + (0 if feature == "patch" else 1)
+    compressor = _fork_compressor(d, vision, llm, patches, where)
+    if image_token_id is None:
+        image_token_id = d.get("image_token_index", llm.vocab_size)
+    return VLMConfig(vision=vision, llm=llm, compressor=compressor, projector_bias=True,
                      vision_feature_layer=int(d.get("mm_vision_select_layer", -2)),
                      vision_feature_select="default" if feature == "patch" else "full",
-                     image_token_id=llm.vocab_size if image_token_id is None else image_token_id)
+                     image_token_id=int(image_token_id))
+
+
+def original_llava_to_hf(cfg: VLMConfig, vision_tower: str) -> dict[str, Any]:
+    """The config.json the QueCC fork's train.py writes for this model (`mm_vision_tower` =
+    `vision_tower`, a directory or Hub name the fork's `CLIPVisionModel.from_pretrained` opens).
+    """
+    comp = cfg.compressor
+    if cfg.vision.family != "clip":
+        raise ValueError(f"vision.family={cfg.vision.family!r}: the original LLaVA code opens "
+                         "CLIP towers only")
+    if not isinstance(cfg.vision_feature_layer, int):
+        raise ValueError(f"vision_feature_layer={cfg.vision_feature_layer}: original LLaVA "
+                         "selects one layer (mm_vision_select_layer)")
+    if not cfg.projector_bias:
+        raise ValueError("projector_bias=False: the original LLaVA projector has biases")
+    arch, model_type = _ORIGINAL_ARCH[cfg.llm.family]
+    # transformers 4.x (what the fork runs) reads `rope_theta`, not `rope_parameters`.
+    d = {**llm_to_hf(cfg.llm), "architectures": [arch], "model_type": model_type,
+         "rope_theta": cfg.llm.rope_theta, "rope_scaling": None, "torch_dtype": "float32"}
+    d.update(mm_vision_tower=vision_tower, mm_projector_type=cfg.projector,
+             mm_hidden_size=cfg.vision.width, mm_vision_select_layer=cfg.vision_feature_layer,
+             mm_vision_select_feature="patch" if cfg.vision_feature_select == "default"
+             else "cls_patch", mm_patch_merge_type="flat", image_aspect_ratio="pad",
+             mm_use_im_start_end=False, mm_use_im_patch_token=False, use_mm_proj=True,
+             tune_mm_mlp_adapter=False, mm_vision_token_compression_type=None,
+             mm_vision_output_token_count=cfg.num_patches,
+             mm_vision_output_text_embedding_size=None,
+             mm_vision_output_combined_token_count=None,
+             mm_vision_token_compression_kernel_size=None,
+             mm_vision_token_compression_stride=None)
+    if comp.name not in ("identity", "quecc"):
+        raise ValueError(f"compressor.name={comp.name!r}: the QueCC fork has QueCC only")
+    if comp.name == "quecc":
+        fixed = {"use_text_query": (comp.use_text_query, True),
+                 "heads": (comp.heads, FORK_QUECC_HEADS), "norm_eps": (comp.norm_eps,
+                                                                      FORK_QUECC_EPS)}
+        for key, (have, want) in fixed.items():
+            if have != want:
+                raise ValueError(f"compressor.{key}={have!r}: the QueCC fork fixes it to {want!r}")
+        if cfg.vision_feature_select != "default":
+            raise ValueError("vision_feature_select='full' with QueCC: the fork's QueCC needs a "
+                             "square patch grid ('patch')")
+        kernel = cfg.vision.grid // math.isqrt(cfg.num_visual_tokens)
+        d.update(mm_vision_token_compression_type="quecc",
+                 mm_vision_output_text_embedding_size=cfg.llm.width,
+                 mm_vision_token_compression_kernel_size=kernel,
+                 mm_vision_token_compression_stride=kernel)
+        if tuple(comp.feature_layers) != FORK_QUECC_LAYERS:
+            d[_LAYERS_KEY] = list(comp.feature_layers)
+    if cfg.image_token_id != cfg.llm.vocab_size:
+        d["image_token_index"] = cfg.image_token_id
+    d["dtype"] = "float32"
+    return d
 
 
 def llm_to_hf(cfg: LLMConfig) -> dict[str, Any]:

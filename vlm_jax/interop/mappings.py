@@ -10,8 +10,9 @@ HF names are canonical, i.e. what transformers 5.x `save_pretrained` writes (LLa
 `language_model.model.*`, `language_model.lm_head.weight`, `vision_tower.*`,
 `multi_modal_projector.*`; vision towers without a `vision_model.` infix). Other spellings of
 the same checkpoint (transformers' runtime `model.language_model.*`, legacy llava-hf
-`vision_tower.vision_model.*`, the original LLaVA repository) are renamed to canonical names by
-`*_ALIASES` (regex, replacement) lists before the lookup.
+`vision_tower.vision_model.*`) are renamed to canonical names by
+`*_ALIASES` (regex, replacement) lists before the lookup. The original LLaVA repository
+(and the QueCC fork) has its own tables, `original_llava_parts`, used both ways as well.
 """
 
 from __future__ import annotations
@@ -122,6 +123,30 @@ PROJECTOR = tuple(_linear("linear_1", "linear_1") + _linear("linear_2", "linear_
 VISION = {"clip": CLIP, "siglip": SIGLIP}
 
 
+def _quecc_table() -> tuple[Rule, ...]:
+    """QueCC / TokenPacker compressors in the reference PyTorch module's names.
+
+    `text_projection.{0: Linear, 1: LayerNorm}`, `{q,k,v}_proj.{0: Linear, 2: Linear,
+    3: LayerNorm}` (1 is the GELU), `q_downsample` (depthwise Conv2d, `[C, 1, k, k]`),
+    `clip_attn` (`nn.MultiheadAttention`: fused `in_proj_*`, `out_proj`). Rules for parts a
+    model lacks (no text query, no conv) are simply not instantiated by `plan`.
+    """
+    rules = _linear("text_projection.0", "text_projection/fc")
+    rules += _layer_norm("text_projection.1", "text_projection/norm")
+    for m in ("q_proj", "k_proj", "v_proj"):
+        rules += _linear(f"{m}.0", f"{m}/fc1") + _linear(f"{m}.2", f"{m}/fc2")
+        rules += _layer_norm(f"{m}.3", f"{m}/norm")
+    qkv = tuple(f"clip_attn/{n}" for n in ("query", "key", "value"))
+    rules += [Rule("q_downsample.weight", ("q_downsample/kernel",), CONV),
+              Rule("q_downsample.bias", ("q_downsample/bias",), COPY),
+              Rule("clip_attn.in_proj_weight", tuple(f"{p}/kernel" for p in qkv), QKV_KERNELS),
+              Rule("clip_attn.in_proj_bias", tuple(f"{p}/bias" for p in qkv), QKV_BIASES)]
+    return tuple(rules + _linear("clip_attn.out_proj", "clip_attn/out_proj"))
+
+
+QUECC = _quecc_table()
+
+
 @dataclasses.dataclass(frozen=True)
 class Part:
     """A table placed under an HF name prefix and a vlm_jax path prefix."""
@@ -137,6 +162,24 @@ def llava_parts(vision_family: str) -> tuple[Part, ...]:
             Part("language_model.", "language_model/", DECODER))
 
 
+def original_llava_parts(vision_family: str, compressor: str) -> tuple[Part, ...]:
+    """The original LLaVA repository's `LlavaLlamaForCausalLM` layout (and the QueCC fork's).
+
+    LLM at the top level (`model.*`, `lm_head`), tower under
+    `model.vision_tower.vision_tower.vision_model.`, projector `model.mm_projector`: an
+    `nn.Sequential(Linear, GELU, Linear)` (`.0`, `.2`), or with a token compressor in front
+    `nn.Sequential(QueCC, Linear, GELU, Linear)` (`.0` the compressor, `.1`, `.3`).
+    """
+    first, second = ("0", "2") if compressor == "identity" else ("1", "3")
+    projector = tuple(_linear(first, "linear_1") + _linear(second, "linear_2"))
+    parts = [Part("model.vision_tower.vision_tower.vision_model.", "vision_tower/",
+                  VISION[vision_family]),
+             Part("model.mm_projector.", "multi_modal_projector/", projector)]
+    if compressor != "identity":
+        parts.append(Part("model.mm_projector.0.", "compressor/", QUECC))
+    return (*parts, Part("", "language_model/", DECODER))
+
+
 # Load-time renames to canonical names, applied in order.
 VISION_ALIASES = ((r"^vision_model\.", ""),)  # CLIPModel / SiglipModel / older vision models
 LLAVA_ALIASES = (
@@ -145,13 +188,6 @@ LLAVA_ALIASES = (
     (r"^model\.vision_tower\.", "vision_tower."),
     (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
     (r"^vision_tower\.vision_model\.", "vision_tower."),  # llava-hf checkpoints on the Hub
-)
-ORIGINAL_LLAVA_ALIASES = (  # github.com/haotian-liu/LLaVA `LlavaLlamaForCausalLM` layout
-    (r"^model\.mm_projector\.0\.", "multi_modal_projector.linear_1."),
-    (r"^model\.mm_projector\.2\.", "multi_modal_projector.linear_2."),
-    (r"^model\.vision_tower\.vision_tower\.vision_model\.", "vision_tower."),
-    (r"^model\.", "language_model.model."),
-    (r"^lm_head\.", "language_model.lm_head."),
 )
 # Buffers and unused towers that may sit in a checkpoint and are skipped on load.
 ALWAYS_IGNORED = (r"(^|\.)position_ids$", r"\.rotary_emb\.inv_freq$")

@@ -16,57 +16,33 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import jax
 import numpy as np
+from flax import traverse_util
 
+from vlm_jax.interop import mappings
 from vlm_jax.models.compressors import QueCC, window_size
 from vlm_jax.models.config import CompressorConfig
 
-_MLPS = ("q_proj", "k_proj", "v_proj")
-
-
-def _table(text: bool, conv: bool = True) -> dict[str, tuple[tuple[str, ...], str]]:
-    """torch key -> (flax param path, conversion) with conversion in {copy, t, conv}.
-
-    `clip_attn.in_proj_*` (q, k, v stacked) is handled separately.
-    """
-    t: dict[str, tuple[tuple[str, ...], str]] = {}
-    if text:
-        t["text_projection.0.weight"] = (("text_projection", "fc", "kernel"), "t")
-        t["text_projection.0.bias"] = (("text_projection", "fc", "bias"), "copy")
-        t["text_projection.1.weight"] = (("text_projection", "norm", "scale"), "copy")
-        t["text_projection.1.bias"] = (("text_projection", "norm", "bias"), "copy")
-    for m in _MLPS:
-        for idx, sub in (("0", "fc1"), ("2", "fc2")):
-            t[f"{m}.{idx}.weight"] = ((m, sub, "kernel"), "t")
-            t[f"{m}.{idx}.bias"] = ((m, sub, "bias"), "copy")
-        t[f"{m}.3.weight"] = ((m, "norm", "scale"), "copy")
-        t[f"{m}.3.bias"] = ((m, "norm", "bias"), "copy")
-    if conv:
-        t["q_downsample.weight"] = (("q_downsample", "kernel"), "conv")
-        t["q_downsample.bias"] = (("q_downsample", "bias"), "copy")
-    t["clip_attn.out_proj.weight"] = (("clip_attn", "out_proj", "kernel"), "t")
-    t["clip_attn.out_proj.bias"] = (("clip_attn", "out_proj", "bias"), "copy")
-    return t
-
-
-def _torch_shapes(c: int, c_multi: int, d: int, k: int, text: bool) -> dict[str, tuple]:
-    """Expected torch shape of every reference key."""
-    s = {"q_downsample.weight": (c, 1, k, k), "q_downsample.bias": (c,),
-         "clip_attn.in_proj_weight": (3 * c, c), "clip_attn.in_proj_bias": (3 * c,),
-         "clip_attn.out_proj.weight": (c, c), "clip_attn.out_proj.bias": (c,)}
-    if text:
-        s.update({"text_projection.0.weight": (c, d), "text_projection.0.bias": (c,),
-                  "text_projection.1.weight": (c,), "text_projection.1.bias": (c,)})
-    for m, c_in in (("q_proj", c), ("k_proj", c_multi), ("v_proj", c_multi)):
-        s.update({f"{m}.0.weight": (c, c_in), f"{m}.0.bias": (c,), f"{m}.2.weight": (c, c),
-                  f"{m}.2.bias": (c,), f"{m}.3.weight": (c,), f"{m}.3.bias": (c,)})
-    return s
+_PART = (mappings.Part("", "", mappings.QUECC),)
 
 
 def _need(sd: Mapping[str, np.ndarray], key: str) -> np.ndarray:
     if key not in sd:
         raise KeyError(f"QueCC state dict is missing {key!r} (have {sorted(sd)[:8]}...)")
     return np.asarray(sd[key])
+
+
+def _shapes(module: QueCC) -> dict[str, tuple[int, ...]]:
+    """Flattened param path -> shape of `module`, nothing computed."""
+    g, c = module.grid, module.width
+    x = jax.ShapeDtypeStruct((1, g * g, c), np.float32)
+    xm = jax.ShapeDtypeStruct((1, g * g, module.multi_width), np.float32)
+    text = (jax.ShapeDtypeStruct((1, module.text_width), np.float32)
+            if module.cfg.use_text_query else None)
+    abstract = jax.eval_shape(lambda a, b, t: module.init(jax.random.key(0), a, b, t), x, xm, text)
+    flat = traverse_util.flatten_dict(abstract["params"], sep="/")
+    return {k: tuple(getattr(v, "value", v).shape) for k, v in flat.items()}
 
 
 def from_torch(state_dict: Mapping[str, np.ndarray], *, grid: int, kernel: int | None = None,
@@ -78,7 +54,7 @@ def from_torch(state_dict: Mapping[str, np.ndarray], *, grid: int, kernel: int |
     (and must equal it when given; the reference uses stride = kernel). `use_text_query=None`
     means: on iff `text_projection.*` keys are present. Then
     `module.apply({"params": params}, x=[B, G*G, C], x_multi=[B, G*G, C_multi],
-    text=[B, D_llm]) -> [B, (G/k)^2, C]`.
+    text=[B, D_llm]) -> [B, (G/k)^2, C]`. Names go through `mappings.QUECC`.
     """
     sd = {k: np.asarray(v) for k, v in state_dict.items()}
     has_text = any(k.startswith("text_projection.") for k in sd)
@@ -93,40 +69,28 @@ def from_torch(state_dict: Mapping[str, np.ndarray], *, grid: int, kernel: int |
                          f"{sd['q_downsample.weight'].shape} (kernel {conv_k})")
     if grid % k:
         raise ValueError(f"kernel {k} does not divide grid {grid}")
-    expected = _torch_shapes(c, c_multi, d or 0, k, text)
-    missing = sorted(set(expected) - set(sd))
-    unknown = sorted(set(sd) - set(expected))
+    if c % heads:
+        raise ValueError(f"QueCC width C={c} is not divisible by heads={heads}")
+    cfg = CompressorConfig(name="quecc", num_tokens=(grid // k) ** 2, use_text_query=text,
+                           heads=heads, norm_eps=eps)
+    module = QueCC(cfg=cfg, grid=grid, width=c, text_width=d, multi_width=c_multi)
+    entries = mappings.plan(_PART, _shapes(module))
+    missing = sorted(set(entries) - set(sd))
+    unknown = sorted(set(sd) - set(entries))
     if missing:
         raise KeyError(f"QueCC state dict is missing {missing}")
     if unknown:
         hint = " (text_projection.* present but use_text_query=False)" if has_text and not text \
             else ""
         raise KeyError(f"unknown QueCC key(s) {unknown}{hint}")
-    for key, shape in expected.items():
-        if sd[key].shape != shape:
-            raise ValueError(f"QueCC key {key!r} has shape {sd[key].shape}, expected {shape} "
-                             f"(C={c}, C_multi={c_multi}, D_llm={d}, k={k})")
-    params: dict = {}
-
-    def put(path, value):
-        node = params
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = np.ascontiguousarray(value, dtype=np.float32)
-
-    for key, (path, how) in _table(text).items():
-        w = sd[key]
-        put(path, w.T if how == "t" else w.transpose(2, 3, 1, 0) if how == "conv" else w)
-    w_in, b_in = sd["clip_attn.in_proj_weight"], sd["clip_attn.in_proj_bias"]
-    for i, name in enumerate(("query", "key", "value")):
-        put(("clip_attn", name, "kernel"), w_in[i * c:(i + 1) * c].T)
-        put(("clip_attn", name, "bias"), b_in[i * c:(i + 1) * c])
-    cfg = CompressorConfig(name="quecc", num_tokens=(grid // k) ** 2, use_text_query=text,
-                           heads=heads, norm_eps=eps)
-    if c % heads:
-        raise ValueError(f"QueCC width C={c} is not divisible by heads={heads}")
-    module = QueCC(cfg=cfg, grid=grid, width=c, text_width=d, multi_width=c_multi)
-    return module, params
+    flat: dict[str, np.ndarray] = {}
+    for key, entry in entries.items():
+        if sd[key].shape != entry.hf_shape:
+            raise ValueError(f"QueCC key {key!r} has shape {sd[key].shape}, expected "
+                             f"{entry.hf_shape} (C={c}, C_multi={c_multi}, D_llm={d}, k={k})")
+        for path, value in zip(entry.paths, entry.transform.to_ours(sd[key].astype(np.float32))):
+            flat[path] = np.ascontiguousarray(value)
+    return module, traverse_util.unflatten_dict(flat, sep="/")
 
 
 def to_torch(params: Mapping) -> dict[str, np.ndarray]:
@@ -134,20 +98,11 @@ def to_torch(params: Mapping) -> dict[str, np.ndarray]:
 
     Also takes `tokenpacker` params (no `q_downsample`, no `text_projection`).
     """
-    text = "text_projection" in params
-    out: dict[str, np.ndarray] = {}
-    for key, (path, how) in _table(text, conv="q_downsample" in params).items():
-        w = params
-        for p in path:
-            w = w[p]
-        w = np.asarray(w, np.float32)
-        out[key] = w.T if how == "t" else w.transpose(3, 2, 0, 1) if how == "conv" else w
-    att = params["clip_attn"]
-    out["clip_attn.in_proj_weight"] = np.concatenate(
-        [np.asarray(att[n]["kernel"], np.float32).T for n in ("query", "key", "value")])
-    out["clip_attn.in_proj_bias"] = np.concatenate(
-        [np.asarray(att[n]["bias"], np.float32) for n in ("query", "key", "value")])
-    return out
+    flat = {k: np.asarray(v, np.float32)
+            for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
+    entries = mappings.plan(_PART, {k: v.shape for k, v in flat.items()})
+    return {key: np.ascontiguousarray(e.transform.to_hf(*[flat[p] for p in e.paths]))
+            for key, e in entries.items()}
 
 
 _PROJ_KEY = re.compile(r"^(?P<prefix>.*?)mm_projector\.(?P<idx>\d+)\.(?P<rest>.+)$")
