@@ -15,7 +15,8 @@ Keys (`default_config()` gives every one; unknown keys are an error):
   uses its standard suffix when "").
 - `tokenizer.kind`: "builtin" (the suite's word tokenizer) | "hf" (`tokenizer.path`: a local
   tokenizer.json or its folder); `tokenizer.image_token`: the marker string ("<image>").
-- `template`: "plain" | "vicuna_v1" | "qwen_chat"; `system_prompt`: "" = template default.
+- `template`: "plain" | "vicuna_v1" | "qwen_chat" | "chat_template" (the tokenizer folder's own
+  Jinja chat template); `system_prompt`: "" = template default.
 - `max_text_len`: text tokens per sample (the static length is `L = V + max_text_len`).
 - `max_question_len`: `Lq`, tokens of the question alone (QueCC's text query).
 - `aspect`: "pad" (LLaVA: pad to square with the mean colour, then resize) | "resize".
