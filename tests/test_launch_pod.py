@@ -1,6 +1,6 @@
-"""launch/tpu_pod.py and the `tpu_pod` sweep executor: the exact gcloud / xpk commands of a job
-(nothing reaches GCP), dry runs, polling, and a real run against a fake `gcloud` on PATH that
-logs its calls, fails on request and copies results back."""
+"""vlm_jax.pod (CLI: launch/tpu_pod.py) and the `tpu_pod` sweep executor: the exact gcloud /
+xpk commands of a job (nothing reaches GCP), dry runs, polling, and a real run against a fake
+`gcloud` on PATH that logs its calls, fails on request and copies results back."""
 
 import json
 import os
@@ -11,9 +11,9 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "launch"), os.path.join(REPO, "configs")]
-import tpu_pod  # noqa: E402
+sys.path[:0] = [os.path.join(REPO, "configs")]
 
+from vlm_jax import pod as tpu_pod  # noqa: E402  (the launcher, importable from the package)
 from vlm_jax.scaling import executors, sweep  # noqa: E402
 
 

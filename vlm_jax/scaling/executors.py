@@ -1,23 +1,28 @@
 """Executors run one sweep point (a config and a workdir) somewhere.
 
-The sweep logic never knows where: `inprocess` calls `vlm_jax.modes.run` in this process,
-`subprocess` starts `python -m vlm_jax.main` per point (a crash or a kill takes only that
-point), and `tpu_pod` runs each point on all workers of a TPU slice (launch/tpu_pod.py;
+The sweep logic never knows where: `inprocess` calls the `run(config, workdir)` callable it
+is given (`vlm_jax.modes.run`, passed down by the modes: this package never imports them) in
+this process, `subprocess` starts `python -m vlm_jax.main` per point (a crash or a kill takes
+only that point), and `tpu_pod` runs each point on all workers of a TPU slice (`vlm_jax.pod`;
 `executor = "tpu_pod:KEY=VALUE,..."`, see `TpuPod`). All of them write the point's config to
-`WORKDIR/config.json` and run it with configs/from_json.py.
+`WORKDIR/config.json` and run it with configs/from_json.py; a failed point raises
+`PointFailed` naming its log.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import ml_collections
 
+from vlm_jax import pod
 from vlm_jax.train.checkpoint import write_json_atomic
+
+Run = Callable[[ml_collections.ConfigDict, str], object]  # (config, workdir) -> result
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,13 +34,23 @@ def write_point_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     return path
 
 
+class PointFailed(RuntimeError):
+    """A sweep point (or its stage) failed; `log` is where its output went."""
+
+    def __init__(self, name: str, log: str, detail: str):
+        super().__init__(f"sweep point {name} failed {detail}; see {log}")
+        self.name, self.log = name, log
+
+
 class InProcess:
-    """Runs points one after the other in this Python process."""
+    """Runs points one after the other in this Python process with `run(config, workdir)`."""
+
+    def __init__(self, run: Run):
+        self._run = run
 
     def run(self, name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
-        from vlm_jax.modes import run
         write_point_config(config, workdir)
-        run(config, workdir)
+        self._run(config, workdir)
 
     def wait(self) -> None:
         pass
@@ -44,7 +59,8 @@ class InProcess:
 class Subprocess:
     """Runs every point as `python -m vlm_jax.main --config=configs/from_json.py:PATH`."""
 
-    def __init__(self, python: str = sys.executable):
+    def __init__(self, run: Run | None = None, python: str = sys.executable):
+        del run  # the child process runs the modes itself
         self.python = python
 
     def command(self, config_path: str, workdir: str) -> list[str]:
@@ -59,24 +75,10 @@ class Subprocess:
             proc = subprocess.run(self.command(path, workdir), stdout=f, stderr=subprocess.STDOUT,
                                   cwd=REPO)
         if proc.returncode:
-            raise RuntimeError(f"sweep point {name} failed (exit {proc.returncode}); see {log}")
+            raise PointFailed(name, log, f"(exit {proc.returncode})")
 
     def wait(self) -> None:
         pass
-
-
-def launch_module(name: str):
-    """launch/NAME.py of this checkout (launch/ holds scripts, not a package)."""
-    path = os.path.join(REPO, "launch", f"{name}.py")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: the pod executor needs a source checkout")
-    key = f"vlm_jax_launch_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 class DryRunDone(RuntimeError):
@@ -98,7 +100,7 @@ class TpuPod:
     """Runs points one after the other on one TPU slice, made at the first point and deleted at
     `wait()` or when a point fails (unless `keep`).
 
-    `arg` is "KEY=VALUE,...": launch/tpu_pod.py `PodSpec` fields (name, zone, accelerator, mode
+    `arg` is "KEY=VALUE,...": `vlm_jax.pod.PodSpec` fields (name, zone, accelerator, mode
     tpu-vm | queued, project, runtime, spot, python) plus `remote`, the gs:// directory the
     sweep's workdir stands for on the pod (every local path under the sweep workdir in a point's
     config, e.g. `init_from.workdir`, is rewritten under it), `dry_run` (print the commands, run
@@ -109,7 +111,7 @@ class TpuPod:
 
     BOOL_KEYS = ("spot", "dry_run", "keep")
 
-    def __init__(self, arg: str = "", echo=print):
+    def __init__(self, arg: str = "", run: Run | None = None, echo=print):
         kv = {}
         for item in filter(None, arg.split(",")):
             key, sep, value = item.partition("=")
@@ -122,7 +124,8 @@ class TpuPod:
         if not self.remote.startswith("gs://"):
             raise ValueError("tpu_pod executor needs remote=gs://BUCKET/PATH (where every worker "
                              f"writes the sweep), got {self.remote!r}")
-        self.pod = launch_module("tpu_pod")
+        del run  # the workers run the modes themselves
+        self.pod = pod
         try:
             self.spec = self.pod.PodSpec(**kv, spot=flags["spot"])
         except TypeError as e:
@@ -158,7 +161,9 @@ class TpuPod:
                 self._execute(self.pod.teardown_steps(self.spec))
             self.ready = False
             if isinstance(e, Exception):
-                raise RuntimeError(f"sweep point {name} failed on TPU slice {self.spec.name}") from e
+                raise PointFailed(name, f"{remote_dir}/log.txt (on every worker: "
+                                  f"~/{self.spec.code_dir}/runs/{name}/log.txt)",
+                                  f"on TPU slice {self.spec.name} ({e})") from e
             raise
         self.ready, self.jobs = True, self.jobs + 1
 
@@ -174,11 +179,14 @@ class TpuPod:
 EXECUTORS = {"inprocess": InProcess, "subprocess": Subprocess, "tpu_pod": TpuPod}
 
 
-def make(name: str):
-    """The executor `name` ("inprocess", "subprocess", or "tpu_pod:KEY=VALUE,...")."""
+def make(name: str, run: Run | None = None):
+    """The executor `name` ("inprocess", "subprocess", or "tpu_pod:KEY=VALUE,..."); `run`
+    (config, workdir) runs a point in this process (needed by "inprocess")."""
     kind, _, arg = name.partition(":")
     if kind not in EXECUTORS:
         raise ValueError(f"unknown executor {kind!r}; known: {sorted(EXECUTORS)}")
     if arg and kind != "tpu_pod":
         raise ValueError(f"executor {kind!r} takes no argument, got {arg!r}")
-    return EXECUTORS[kind](arg) if arg else EXECUTORS[kind]()
+    if kind == "inprocess" and run is None:
+        raise ValueError("the inprocess executor needs `run` (vlm_jax.modes.run)")
+    return EXECUTORS[kind](arg, run=run) if kind == "tpu_pod" else EXECUTORS[kind](run)

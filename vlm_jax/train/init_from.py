@@ -2,8 +2,9 @@
 
 config.init_from = {"workdir": DIR or "hf": DIR, "map": ((dst_prefix, src_prefix), ...)}
 copies every source leaf `src_prefix/rest` into `dst_prefix/rest` (e.g. a stage-0 run's
-`image_tower` into the VLM's `vision_tower`). A shape mismatch or a mapping that copies nothing
-is an error naming the parameter.
+`image_tower` into the VLM's `vision_tower`). A list of such specs is applied in order (e.g. a
+Hugging Face LLM into `language_model`, then a CLIP tower into `vision_tower`). A shape
+mismatch or a mapping that copies nothing is an error naming the parameter.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
@@ -54,6 +56,10 @@ def copy_prefixes(dst: dict, src: dict, mapping) -> tuple[dict, int]:
 
 
 def apply(spec, params: Any) -> Any:
+    if isinstance(spec, (list, tuple)):
+        for one in spec:
+            params = apply(ml_collections.ConfigDict(dict(one)), params)
+        return params
     mapping = [tuple(m) for m in spec.get("map", (("", ""),))]
     src = jax.device_get(source_params(spec))
     out, copied = copy_prefixes(params, src, mapping)
