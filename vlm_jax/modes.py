@@ -29,8 +29,13 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     if mode == "train_eval":
         return train_eval(config, workdir)
     if mode == "sweep":
+        from vlm_jax.scaling.executors import DryRunDone
         from vlm_jax.scaling.sweep import run_sweep
-        return run_sweep(config, workdir, run=run)
+        try:
+            return run_sweep(config, workdir, run=run)
+        except DryRunDone as e:  # the plan and every command were printed; nothing ran
+            print(f"# {e}")
+            return {"dry_run": str(e)}
     if mode == "prune_search":
         from vlm_jax.pruning import run as prune_run
         return prune_run(config, workdir)
@@ -67,7 +72,7 @@ def train_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from vlm_jax import models
     from vlm_jax.eval.evaluator import evaluate_config, load_run
     from vlm_jax.scaling import sweep
-    from vlm_jax.scaling.flops import param_count
+    from vlm_jax.scaling import param_count
     from vlm_jax.train.checkpoint import write_json_atomic
 
     done = sweep.read_done(os.path.join(workdir, sweep.RESULT))

@@ -62,9 +62,11 @@ def make_points(config: ml_collections.ConfigDict, workdir: str
     """(name, full point config) for every grid point, in grid order.
 
     `sweep.grid.llm`: name -> LLM config; `{llm}` in any string of the point (e.g. a checkpoint
-    path) becomes the name. `sweep.grid.llm_point` (optional): name -> keys merged into that
-    LLM's points (mesh, batch ...). `sweep.grid.compressor_at` (optional): "V" -> the
-    compressor used at that token count instead (e.g. the plain projector at full resolution).
+    path) becomes the name, and `{VAR}` becomes `sweep.grid.llm_vars[name][VAR]` (optional;
+    e.g. a checkpoint directory whose name has dots, which config keys cannot).
+    `sweep.grid.llm_point` (optional): name -> keys merged into that LLM's points (mesh ...).
+    `sweep.grid.compressor_at` (optional): "V" -> the compressor used at that token count
+    instead (e.g. the plain projector at full resolution).
     """
     check_keys(config.sweep, SWEEP_KEYS, "sweep")
     grid = config.sweep.grid
@@ -77,7 +79,8 @@ def make_points(config: ml_collections.ConfigDict, workdir: str
     points = []
     for (llm, llm_cfg), v, comp in itertools.product(llms.items(), grid.num_tokens, grid.compressor):
         comp = at.get(int(v), comp)
-        tree = substitute(_merge(config.point.to_dict(), per_llm.get(llm, {})), {"llm": llm})
+        values = {"llm": llm, **dict(dict(grid.get("llm_vars", {})).get(llm, {}))}
+        tree = substitute(_merge(config.point.to_dict(), per_llm.get(llm, {})), values)
         cfg = ml_collections.ConfigDict(tree)
         with cfg.unlocked():
             cfg.mode = "train_eval"
