@@ -71,8 +71,7 @@ def train_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     from vlm_jax import models
     from vlm_jax.eval.evaluator import evaluate_config, load_run
-    from vlm_jax.scaling import sweep
-    from vlm_jax.scaling import param_count
+    from vlm_jax.scaling import param_count, sweep
     from vlm_jax.train.checkpoint import write_json_atomic
 
     done = sweep.read_done(os.path.join(workdir, sweep.RESULT))
