@@ -44,8 +44,14 @@ def test_grid_and_recipe():
 
 
 def test_pod_dry_run_prints_the_plan(tmp_path, capsys, monkeypatch):
-    ran = []
-    monkeypatch.setattr(pod.subprocess, "run", lambda *a, **k: ran.append(a))
+    ran, real_run = [], pod.subprocess.run
+
+    def run(argv, *a, **k):  # git (the code's commit) runs; anything else is recorded
+        if argv[0] != "git":
+            ran.append(argv)
+        return real_run(argv, *a, **k)
+
+    monkeypatch.setattr(pod.subprocess, "run", run)
     c = sweep_paper.get_config(f"data_root={tmp_path}/nodata,{POD},dry_run=1")
     with pytest.raises(executors.DryRunDone, match=r"28 job\(s\) on v5litepod-256"):
         sweep.run_sweep(c, str(tmp_path / "w"))

@@ -202,7 +202,11 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
 
 
 def read_done(path: str) -> dict | None:
-    """The JSON record at `path` if that step is done, else None."""
+    """The JSON record at `path` (local or gs://) if that step is done, else None."""
+    if "://" in path:  # a pod's workdir
+        from etils import epath
+        p = epath.Path(path)
+        return json.loads(p.read_text()) if p.exists() else None
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -266,13 +270,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, run: executors.Ru
     elif config.sweep.get("check_inputs", True):
         bad = [m for name, p in points for m in missing_inputs(*point_inputs(config, name, p,
                                                                              workdir)[1:])]
-        benchmarks = config.point.get("eval", {}).get("benchmarks")
-        if benchmarks:  # read once: every point evaluates the same files
-            from vlm_jax.data.benchmarks import read_all
-            read_all(benchmarks)
         if bad:
             raise FileNotFoundError("sweep inputs missing (nothing was started):\n  "
                                     + "\n  ".join(sorted(set(bad))))
+        benchmarks = config.point.get("eval", {}).get("benchmarks")
+        if benchmarks:  # read once (every point evaluates the same files), images checked
+            from vlm_jax.data.benchmarks import read_all
+            read_all(benchmarks)
     os.makedirs(os.path.join(workdir, "points"), exist_ok=True)
     if config.get("pretrain") is not None:
         pre_dir = os.path.join(workdir, "pretrain")
