@@ -26,4 +26,7 @@ test: venv  ## the default (fast) test suite
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow tests
 
-.PHONY: venv sweep demo test test-slow
+test-colab: venv  ## the notebooks that train a model (colabs/quickstart, colabs/pruning)
+	$(BIN)/python -m pytest -q -m colab tests/test_colab.py
+
+.PHONY: venv sweep demo test test-slow test-colab

@@ -229,6 +229,8 @@ def test_bench_prints_best_and_min_efficiency(capsys):
     assert json.loads(line) == json.loads(json.dumps(out))
     assert {"method", "speedup", "accuracy_drop"} <= set(out["best"])
     assert out["min_efficiency"] is not None and out["visual_tokens"] == 16
+    assert [r["method"] for r in out["rows"]] == ["unpruned", "fastv K=1 R=0.5", "fastv K=1 R=0.75"]
+    assert out["rows"][2]["keep"] == [16, 4] and out["rows"][2]["flops_speedup"] > 1
 
 
 def test_load_model_takes_a_sweep_point_dir_for_a_training_run(tmp_path):

@@ -15,7 +15,8 @@ Prints the cost table (`vlm_jax.pruning.report`), then one JSON line: `best` (`m
 `speedup`, `accuracy_drop` in points (1 = 0.01 accuracy): the fastest measured time to first
 token whose drop is at most `--max_drop` points, else the smallest drop) and
 `min_efficiency` (the smallest measured /
-FLOPs-predicted prefill speed-up over the pruned rows).
+FLOPs-predicted prefill speed-up over the pruned rows), and `rows`: every method's cost report
+(`CostReport.to_dict`: schedule, FLOPs, time to first token, metric and the ratios).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def main(argv=None) -> dict:
            "model": args.checkpoint or args.model, "visual_tokens": v, "text_tokens": text,
            "timing_batch": int(next(iter(timing.values())).shape[0]),
            "calib_split": args.calib_split, "score_split": args.score_split or args.calib_split,
-           "backend": jax.default_backend()}
+           "backend": jax.default_backend(), "rows": [r.to_dict() for r in rows]}
     print(json.dumps(out), flush=True)
     return out
 
