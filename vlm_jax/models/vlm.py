@@ -114,8 +114,8 @@ class VLM(nn.Module):
     def embed_inputs(self, images, tokens, question=None, question_valid=None) -> jax.Array:
         """Token embeddings `[B, L, D]` with the visual embeddings at the placeholders."""
         cfg = self.cfg
-        check_placeholders(tokens, cfg.image_token_id, cfg.num_visual_tokens)
         vis = self.encode_images(images, question, question_valid)
+        check_placeholders(tokens, cfg.image_token_id, vis.shape[1])
         is_img = tokens == cfg.image_token_id
         lm = self.language_model
         embeds = lm.embed(jnp.where(is_img, 0, tokens))

@@ -84,6 +84,23 @@ def psigmoid(depth: int, num_visual: int, k: float, l0: float, b: float) -> tupl
     return validate(keep, depth, num_visual, "P-Sigmoid")
 
 
+def pyramiddrop(depth: int, num_visual: int, stages: int = 4, ratio: float = 0.5
+                ) -> tuple[int, ...]:
+    """PyramidDrop (Xing et al., arXiv 2410.17247) as a schedule.
+
+    The decoder is cut into `stages` runs of equal depth; at the end of every run but the last,
+    the visual tokens still present are ranked (by the attention the last instruction token pays
+    them) and only a fraction `ratio` of them goes on, so the count shrinks geometrically from
+    stage to stage: `keep[l] = round(V * ratio ** floor(l * stages / depth))`.
+    """
+    if not 1 <= stages <= depth:
+        raise ScheduleError(f"PyramidDrop stages={stages} must be in [1, depth={depth}]")
+    if not 0.0 < ratio <= 1.0:
+        raise ScheduleError(f"PyramidDrop ratio={ratio} must be in (0, 1]")
+    keep = [int(round(num_visual * ratio ** (layer * stages // depth))) for layer in range(depth)]
+    return validate(keep, depth, num_visual, "PyramidDrop")
+
+
 def average_kept(keep: Sequence[int]) -> float:
     """Average visual tokens present over the decoder layers."""
     return float(np.mean(keep))
@@ -91,7 +108,8 @@ def average_kept(keep: Sequence[int]) -> float:
 
 def from_config(cfg, depth: int, num_visual: int) -> tuple[int, ...]:
     """A schedule from a config section: `method` in {'full', 'explicit', 'fastv', 'psigmoid',
-    'file'} with keys `keep`, `fastv_k`/`fastv_r`, `psigmoid_k`/`_l0`/`_b`, `schedule_file`."""
+    'pyramiddrop', 'file'} with keys `keep`, `fastv_k`/`fastv_r`, `psigmoid_k`/`_l0`/`_b`,
+    `pyramiddrop_stages`/`_ratio`, `schedule_file`."""
     method = cfg.get("method", "full")
     if method == "full":
         return full(depth, num_visual)
@@ -102,10 +120,13 @@ def from_config(cfg, depth: int, num_visual: int) -> tuple[int, ...]:
     if method == "psigmoid":
         return psigmoid(depth, num_visual, float(cfg.psigmoid_k), float(cfg.psigmoid_l0),
                         float(cfg.psigmoid_b))
+    if method == "pyramiddrop":
+        return pyramiddrop(depth, num_visual, int(cfg.get("pyramiddrop_stages", 4)),
+                           float(cfg.get("pyramiddrop_ratio", 0.5)))
     if method == "file":
         return load(cfg.schedule_file, depth, num_visual)
     raise ScheduleError(f"unknown schedule method {method!r}; known: full, explicit, fastv, "
-                        "psigmoid, file")
+                        "psigmoid, pyramiddrop, file")
 
 
 def save(path: str, keep: Sequence[int], **info) -> None:

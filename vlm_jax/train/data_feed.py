@@ -47,14 +47,17 @@ def vision_of(config: ml_collections.ConfigDict):
 
 
 def make(config: ml_collections.ConfigDict, split: str = "train", mode: str = "train",
-         batch_size: int | None = None) -> Feed:
-    """The feed of `config` (per process: each host reads its own shard)."""
+         batch_size: int | None = None, num_visual_tokens: int | None = None) -> Feed:
+    """The feed of `config` (per process: each host reads its own shard). num_visual_tokens:
+    image placeholders per prompt when the LLM gets another count than the model config makes
+    (token reduction before the LLM, `vlm_jax.pruning.prellm`)."""
     vision = vision_of(config)
     if config.stage == 0:
         num_visual, image_token_id = 0, None
     else:
         cfg = models.from_dict(config.model)
         num_visual, image_token_id = cfg.num_visual_tokens, cfg.image_token_id
+        num_visual = num_visual if num_visual_tokens is None else num_visual_tokens
     global_batch, hosts = batch_size or config.train.batch_size, jax.process_count()
     if global_batch % hosts:
         raise ValueError(f"config.train.batch_size={global_batch} (the global batch) does not "

@@ -1,0 +1,159 @@
+"""Pruning baselines and controls against hand-computed small cases (tiny models)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm_jax.models import init_params, presets
+from vlm_jax.models import vit as vit_mod
+from vlm_jax.models.vlm import VLM
+from vlm_jax.pruning import ScheduleError, schedules
+from vlm_jax.pruning.prellm import (
+    VisionZipVLM,
+    pooling_config,
+    tower_attention,
+    visionzip_select,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = presets.llava("clip-tiny", "qwen2-tiny")  # 4 x 4 patches, 2 tower layers
+    return cfg, init_params(cfg, 0)
+
+
+def prompts(cfg, batch, num_visual, text=5, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, cfg.llm.vocab_size - 1, (batch, 2 + num_visual + text))
+    tokens[:, 2:2 + num_visual] = cfg.image_token_id
+    images = rng.normal(size=(batch, cfg.vision.image_size, cfg.vision.image_size, 3))
+    return jnp.asarray(images, jnp.float32), jnp.asarray(tokens, jnp.int32)
+
+
+# ---------------------------------------------------------------------------------- PyramidDrop
+
+def test_pyramiddrop_halves_per_stage():
+    assert schedules.pyramiddrop(8, 16) == (16, 16, 8, 8, 4, 4, 2, 2)
+    assert schedules.pyramiddrop(6, 144, stages=3, ratio=0.5) == (144, 144, 72, 72, 36, 36)
+    assert schedules.pyramiddrop(4, 10, stages=4, ratio=0.3) == (10, 3, 1, 0)  # round(0.9)=1
+    assert schedules.pyramiddrop(4, 10, stages=1) == (10, 10, 10, 10)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(stages=5), "stages=5"), (dict(stages=0), "stages"),
+                                       (dict(ratio=0.0), "ratio"), (dict(ratio=1.5), "ratio")])
+def test_pyramiddrop_rejects_bad_settings(kw, match):
+    with pytest.raises(ScheduleError, match=match):
+        schedules.pyramiddrop(4, 16, **kw)
+
+
+def test_pyramiddrop_from_config():
+    cfg = dict(method="pyramiddrop", pyramiddrop_stages=2, pyramiddrop_ratio=0.25)
+    assert schedules.from_config(cfg, 4, 16) == (16, 16, 4, 4)
+
+
+# ------------------------------------------------------------------------------------ VisionZip
+
+def test_visionzip_select_by_hand():
+    features = jnp.asarray([[[i, 10.0 * i] for i in range(6)]], jnp.float32)  # [1, 6, 2]
+    received = jnp.asarray([[0.1, 0.5, 0.2, 0.9, 0.05, 0.3]])
+    # dominant: patches 3 and 1 (kept in original order: 1, 3); the rest is 0, 2, 4, 5 and the
+    # targets are its 0th and 2nd entries (step 4 // 2), patches 0 and 4; patch 2's key is
+    # closest to patch 0's, patch 5's to patch 4's.
+    keys = jnp.asarray([[[1, 0], [5, 5], [0.9, 0.1], [-1, 3], [0, 1], [0.2, 1]]], jnp.float32)
+    out = visionzip_select(features, received, keys, dominant=2, contextual=2)
+    want = [[1, 10], [3, 30], [(0 + 2) / 2, (0 + 20) / 2], [(4 + 5) / 2, (40 + 50) / 2]]
+    np.testing.assert_allclose(np.asarray(out[0]), want, rtol=1e-6)
+    only = visionzip_select(features, received, keys, dominant=3, contextual=0)
+    np.testing.assert_allclose(np.asarray(only[0]), [[1, 10], [3, 30], [5, 50]])
+
+
+def test_visionzip_select_rejects_bad_counts():
+    x = jnp.zeros((1, 6, 2))
+    with pytest.raises(ValueError, match="contextual"):
+        visionzip_select(x, jnp.zeros((1, 6)), x, dominant=4, contextual=3)
+    with pytest.raises(ValueError, match="dominant"):
+        visionzip_select(x, jnp.zeros((1, 6)), x, dominant=0, contextual=1)
+
+
+def test_tower_attention_is_the_towers_own(model, monkeypatch):
+    cfg, params = model
+    captured = []
+
+    def recording_attention(q, k, v, mask, impl="xla"):
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(q.shape[-1]))
+        captured.append(np.asarray(jax.nn.softmax(scores, axis=-1)))
+        return orig(q, k, v, mask, impl)
+
+    orig = vit_mod.attention
+    monkeypatch.setattr(vit_mod, "attention", recording_attention)
+    images, _ = prompts(cfg, 2, 16)
+    hidden = VLM(cfg).apply({"params": params}, images,
+                            method=lambda m, im: m.vision_tower(im).hidden_states)
+    for layer in range(cfg.vision.depth):
+        probs, _ = tower_attention(cfg, params["vision_tower"][f"layers_{layer}"], hidden[layer])
+        np.testing.assert_allclose(np.asarray(probs), captured[layer], atol=1e-6)
+
+
+def test_visionzip_keeping_every_patch_is_the_plain_model(model):
+    cfg, params = model
+    images, tokens = prompts(cfg, 2, cfg.num_visual_tokens)
+    plain = VLM(cfg).apply({"params": params}, images, tokens)
+    zipped = VisionZipVLM(cfg, dominant=cfg.num_visual_tokens, contextual=0).apply(
+        {"params": params}, images, tokens)
+    np.testing.assert_allclose(np.asarray(zipped), np.asarray(plain), atol=1e-5)
+
+
+def test_visionzip_vlm_feeds_the_selected_tokens(model):
+    cfg, params = model
+    images, tokens = prompts(cfg, 2, 6)
+    vz = VisionZipVLM(cfg, dominant=4, contextual=2)
+    got = vz.apply({"params": params}, images, method="encode_images")
+
+    def by_hand(m, im):  # CLS attention of the layer that makes the selected features
+        hidden = m.vision_tower(im).hidden_states
+        probs, keys = tower_attention(cfg, params["vision_tower"]["layers_0"], hidden[0])
+        x = visionzip_select(hidden[1][:, 1:], probs[:, :, 0, 1:].mean(1),
+                             keys[:, 1:].mean(2), 4, 2)
+        return m.multi_modal_projector(x)
+
+    want = VLM(cfg).apply({"params": params}, images, method=by_hand)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    logits = vz.apply({"params": params}, images, tokens)
+    assert logits.shape == (*tokens.shape, cfg.llm.vocab_size)
+    with pytest.raises(ValueError, match="makes 6 visual tokens"):
+        vz.apply({"params": params}, *prompts(cfg, 1, 5))
+
+
+# -------------------------------------------------------------------------------------- pooling
+
+def test_uniform_pooling_averages_2x2_windows(model):
+    cfg, params = model
+    pooled = pooling_config(cfg, 4)
+    assert pooled.num_visual_tokens == 4
+    images, _ = prompts(cfg, 1, 4)
+    got = VLM(pooled).apply({"params": params}, images, method="encode_images")
+
+    def by_hand(m, im):
+        x = m.vision_tower(im).hidden_states[cfg.vision_feature_layer][:, 1:]  # [1, 16, C]
+        grid = np.asarray(x).reshape(4, 4, -1)
+        means = [grid[r:r + 2, c:c + 2].mean((0, 1)) for r in (0, 2) for c in (0, 2)]
+        return m.multi_modal_projector(jnp.asarray(np.stack(means)[None]))
+
+    want = VLM(cfg).apply({"params": params}, images, method=by_hand)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [5, 9])
+def test_uniform_pooling_rejects_budgets_the_grid_cannot_make(model, budget):
+    with pytest.raises(ValueError, match=r"possible: \[16, 4, 1\]"):
+        pooling_config(model[0], budget)
+
+
+def test_prellm_methods_need_an_uncompressed_model(model):
+    cfg = dataclasses.replace(model[0], compressor=dataclasses.replace(
+        model[0].compressor, name="avgpool", num_tokens=4))
+    with pytest.raises(ValueError, match="avgpool"):
+        pooling_config(cfg, 4)
