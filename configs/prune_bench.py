@@ -12,8 +12,8 @@ parameters). At ~12 text tokens the decoder layers carry 90% of the prefill FLOP
 
 arg keys: width, depth, heads, kv_heads (the LLM), vis_width (the tower), res (px; the patch
 is res / 12), steps, batch, lr, data_dir. The step count and batch are sized for a CPU shared
-by several jobs (1500 steps of 16). The training recipe is tiny_vlm's (fan-in init, AdamW at 1e-3, the five
-reasoning tasks with captions mixed in, scenes of at most 3 objects, no OCR).
+by several jobs (1000 steps of 16). The training recipe is tiny_vlm's (fan-in init, AdamW at
+1e-3, the five reasoning tasks with captions mixed in, scenes of at most 3 objects, no OCR).
 """
 
 import ml_collections
@@ -41,8 +41,8 @@ def model_config(a: ml_collections.ConfigDict, vocab_size: int, image_token_id: 
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, vis_width=32, width=96, depth=4, heads=4, kv_heads=2, res=96, steps=1500, batch=16,
-                  lr=1e-3, data_dir="~/vlm_jax_data/tfds")
+    a = parse_arg(arg, vis_width=32, width=96, depth=4, heads=4, kv_heads=2, res=96, steps=1000,
+                  batch=16, lr=1e-3, data_dir="~/vlm_jax_data/tfds")
     tok = data.WordTokenizer()
     c = ml_collections.ConfigDict()
     c.mode = "train_eval"

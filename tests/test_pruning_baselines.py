@@ -7,16 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vlm_jax.eval import generate
 from vlm_jax.models import init_params, presets
 from vlm_jax.models import vit as vit_mod
 from vlm_jax.models.vlm import VLM
-from vlm_jax.pruning import ScheduleError, schedules
+from vlm_jax.pruning import PruneSpec, ScheduleError, schedules
 from vlm_jax.pruning.prellm import (
     VisionZipVLM,
     pooling_config,
     tower_attention,
     visionzip_select,
 )
+from vlm_jax.pruning.selection import PIVOT_SCORE, dart_scores, random_scores
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +159,63 @@ def test_prellm_methods_need_an_uncompressed_model(model):
         model[0].compressor, name="avgpool", num_tokens=4))
     with pytest.raises(ValueError, match="avgpool"):
         pooling_config(cfg, 4)
+
+
+# ------------------------------------------------------------------------------ DART and random
+
+def test_dart_scores_by_hand():
+    # tokens 1-4 are visual; token 1 has the largest norm (the pivot with P = 1)
+    x = jnp.asarray([[[9, 9], [3, 0], [1, 0.1], [0, 1], [1, 1], [-9, 0]]], jnp.float32)
+    visual = jnp.asarray([[False, True, True, True, True, False]])
+    s = np.asarray(dart_scores(x, visual, pivots=1))[0]
+    assert s[1] == PIVOT_SCORE
+    np.testing.assert_allclose(s[2:5], [-1 / np.sqrt(1.01), 0.0, -np.sqrt(0.5)], rtol=1e-6)
+    # keeping 2: the pivot and token 3 (orthogonal to it); keeping 3 adds token 4
+    assert set(np.argsort(-np.where(visual[0], s, -9))[:2].tolist()) == {1, 3}
+    assert set(np.argsort(-np.where(visual[0], s, -9))[:3].tolist()) == {1, 3, 4}
+    two = np.asarray(dart_scores(x, visual, pivots=2))[0]  # tokens 1 and 4 (norm 1.41 > 1.005)
+    assert two[1] == two[4] == PIVOT_SCORE
+    np.testing.assert_allclose(two[[2, 3]], [-1 / np.sqrt(1.01), -np.sqrt(0.5)], rtol=1e-6)
+
+
+def test_random_scores_follow_the_visual_ordinal_not_the_offset():
+    visual = jnp.asarray([[False, True, True, True, False, False],
+                          [False, False, False, True, True, True]])
+    s = np.asarray(random_scores(visual, 3, seed=0))
+    np.testing.assert_array_equal(s[0, 1:4], s[1, 3:6])
+    assert len(set(s[0, 1:4].tolist())) == 3
+    assert not np.array_equal(s, np.asarray(random_scores(visual, 3, seed=1)))
+
+
+# ----------------------------------------------------------------------------- batch invariance
+
+def _answers_at_batch_1_and_8(module, spec, cfg, params, num_visual):
+    images, tokens = prompts(cfg, 8, num_visual, text=6, seed=5)
+    valid = np.ones(tokens.shape, bool)
+    valid[3, :2] = False  # a left-padded row
+    gen = generate.Generator(module, 4, prune=spec)
+    whole = np.asarray(gen.tokens(params, {"image": images, "tokens": tokens,
+                                           "valid": jnp.asarray(valid)}))
+    one = np.concatenate([np.asarray(gen.tokens(params, {
+        "image": images[i:i + 1], "tokens": tokens[i:i + 1],
+        "valid": jnp.asarray(valid[i:i + 1])})) for i in range(8)])
+    return whole, one
+
+
+@pytest.mark.parametrize("name", ["fastv", "pyramiddrop", "visionzip", "pooling"])
+def test_pruned_answers_do_not_depend_on_the_batch(model, name):
+    cfg, params = model
+    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, depth=4))
+    params = init_params(cfg, 1)
+    v = cfg.num_visual_tokens
+    module, spec, n = VLM(cfg), None, v
+    if name == "fastv":
+        spec = PruneSpec(schedules.fastv(4, v, 1, 0.75))
+    elif name == "pyramiddrop":
+        spec = PruneSpec(schedules.pyramiddrop(4, v))
+    elif name == "visionzip":
+        module, n = VisionZipVLM(cfg, dominant=3, contextual=1), 4
+    else:
+        module, n = VLM(pooling_config(cfg, 4)), 4
+    whole, one = _answers_at_batch_1_and_8(module, spec, cfg, params, n)
+    np.testing.assert_array_equal(whole, one)
