@@ -42,8 +42,18 @@ assert qcfg.num_visual_tokens == 4 and cfg.num_visual_tokens == 16
 assert qlogits.shape == (2, 4 + text_tokens, cfg.llm.vocab_size)
 assert qcfg2 == qcfg and quecc_diff == 0.0 and quecc_logit_diff < 1e-5  # llava_original
 """,
+    "pruning": """
+assert importance.shape == (DEPTH, len(meta['id']), V) and (importance >= 0).all()
+assert set(pick) == {'fastv', 'psigmoid', 'gsearch'} and rows[0]['method'] == 'unpruned'
+assert all(r['ttft_s'] > 0 and r['metric'] is not None for r in rows)
+for family, kept in KEPT.items():  # the pruned forward keeps what the schedule says, nested
+    assert [len(k) for k in kept] == list(pick[family]['keep']), family
+    assert all(set(b) <= set(a) for a, b in zip(kept, kept[1:])), family
+for name in ('importance', 'schedules', 'tradeoff'):
+    assert os.path.exists(os.path.join(WORKDIR, f'pruning_{name}.png'))
+""",
 }
-SLOW = {"quickstart"}
+SLOW = {"quickstart", "pruning"}
 
 
 def execute(name: str, workdir: str, monkeypatch) -> float:
