@@ -50,7 +50,7 @@ def test_importance_attention_matches_reference(case):
     out_ref, s_ref = importance_attention(q, k, v, weights, key_valid=valid, causal=causal,
                                           impl="xla")
     out, s = importance_attention(q, k, v, weights, key_valid=valid, causal=causal,
-                                  impl="pallas", interpret=True, block_q=bq, block_k=bk)
+                                  impl="pallas_interpret", block_q=bq, block_k=bk)
     assert out.shape == (b, lq, h, dh) and s.shape == (b, lk) and s.dtype == jnp.float32
     np.testing.assert_allclose(out, out_ref, atol=2e-6, rtol=1e-5)
     np.testing.assert_allclose(s, s_ref, atol=2e-6, rtol=1e-5)
@@ -65,7 +65,7 @@ def test_importance_attention_bf16_last_token_under_jit():
     w = last_token_weights(valid).at[1].set(0.0)  # example 1 selects no row
     out_ref, s_ref = importance_attention(q, k, v, w, key_valid=valid, impl="xla")
     fn = jax.jit(lambda q, k, v, w, valid: importance_attention(
-        q, k, v, w, key_valid=valid, impl="pallas", interpret=True, block_q=8, block_k=16))
+        q, k, v, w, key_valid=valid, impl="pallas_interpret", block_q=8, block_k=16))
     out, s = fn(q, k, v, w, valid)
     assert out.dtype == jnp.bfloat16
     assert not bool(jnp.any(s[1])) and bool(jnp.all(s[0][valid[0]] > 0))
@@ -155,7 +155,7 @@ def test_topk_compact_matches_reference_exactly(case):
     start = jnp.asarray(starts, jnp.int32)
     arrays = _token_arrays(rng, b, length, full)
     ref, ref_index = topk_compact(scores, start, keep, arrays, impl="xla")
-    out, index = topk_compact(scores, start, keep, arrays, impl="pallas", interpret=True)
+    out, index = topk_compact(scores, start, keep, arrays, impl="pallas_interpret")
     np.testing.assert_array_equal(index, ref_index)
     for x, got, want in zip(arrays, out, ref):
         assert got.shape == (b, length - v + keep) + x.shape[2:] and got.dtype == x.dtype
@@ -164,7 +164,7 @@ def test_topk_compact_matches_reference_exactly(case):
 
 def test_select_reference_semantics():
     s = jnp.array([[1.0, 3.0, 3.0, 2.0, 3.0, 0.0], [0.0, -0.0, jnp.nan, -jnp.inf, 0.0, 5.0]])
-    for impl, kw in (("xla", {}), ("pallas", {"interpret": True})):
+    for impl, kw in (("xla", {}), ("pallas_interpret", {})):
         np.testing.assert_array_equal(select(s, 2, impl=impl, **kw), [[1, 2], [0, 5]])
         np.testing.assert_array_equal(select(s, 4, impl=impl, **kw), [[1, 2, 3, 4], [0, 1, 4, 5]])
     distinct = jnp.asarray(np.random.default_rng(0).permutation(50)[None].astype(np.float32))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vlm_jax import models, sharding
+from vlm_jax.models import cache as cache_lib
 from vlm_jax.models import llm as llm_lib
 from vlm_jax.models import presets
 
@@ -70,7 +71,7 @@ def test_kv_cache_decoding_matches_full_forward(llm_name):
     positions = llm_lib.default_positions(valid)
 
     out = module.apply({"params": params}, images, tokens, valid, positions, method="forward")
-    cache = llm_lib.init_cache(cfg.llm, 3, tokens.shape[1] + new.shape[1])
+    cache = cache_lib.init_cache(cfg.llm, 3, tokens.shape[1] + new.shape[1])
     pre = module.apply({"params": params}, images, tokens, valid, positions, cache=cache,
                        method="forward")
     v = np.asarray(valid)  # padded rows attend to nothing: their outputs are arbitrary

@@ -10,8 +10,9 @@ import pytest
 from vlm_jax.eval import generate
 from vlm_jax.models import init_params, presets
 from vlm_jax.models import llm as llm_mod
+from vlm_jax.models.cache import init_cache
 from vlm_jax.models.layers import attention_weights
-from vlm_jax.models.llm import default_positions, init_cache
+from vlm_jax.models.llm import default_positions
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import PruneSpec, ScheduleError, cache_sizes, schedules
 from vlm_jax.pruning.metrics import generator_inputs, random_calibration
@@ -106,7 +107,7 @@ def masked_reference(cfg, params, batch, keep, query, monkeypatch):
                     survivors = top_visual(imp[b], cand, keep[layer_id])
                     for j in np.flatnonzero(cand):
                         alive[b, j] = j in survivors
-            x, _ = layer(x, positions, jnp.asarray(valid & alive))
+            x = layer(x, positions, jnp.asarray(valid & alive)).hidden
         return lm.head(lm.norm(x))
 
     logits = VLM(cfg).apply({"params": params}, method=run)
@@ -203,7 +204,7 @@ def test_pruned_cache_sizes_per_layer(model, batch):
     sizes = cache_sizes(spec, n, 3, DEPTH)
     assert sizes == [n + 3, n - 4 + 3, n - 12 + 3, n - 12 + 3]
     out = jit_forward(cfg, params, batch, prune=spec, cache=init_cache(cfg.llm, 3, sizes))
-    assert [int(c["end"]) for c in out.cache] == [n, n - 4, n - 12, n - 12]
+    assert [int(c.end) for c in out.cache] == [n, n - 4, n - 12, n - 12]
     too_small = init_cache(cfg.llm, 3, [n] * DEPTH)
     too_small[1] = init_cache(cfg.llm, 3, n - 5)[0]
     with pytest.raises(ValueError, match="cache of layer 1 has"):

@@ -55,7 +55,8 @@ def _peak_bytes() -> int | None:
 def run(lengths, batch, heads, kv_heads, head_dim, dtype, iters, block, smoke) -> dict:
     rows = []
     common = dict(causal=True, block_q=block, block_k=block)
-    pallas = functools.partial(importance_attention, impl="pallas", interpret=smoke, **common)
+    pallas = functools.partial(importance_attention,
+                               impl="pallas_interpret" if smoke else "pallas", **common)
     xla = functools.partial(importance_attention, impl="xla", **common)
     for length in lengths:
         q, k, v, valid = _inputs(jax.random.key(length), batch, length, heads, kv_heads,

@@ -2,8 +2,10 @@
 
 Prompts `[B, L]` may be left- or right-padded (`valid` False on padding): each row keeps its own
 positions and its first token comes from its last real token, so padding never changes a row's
-answer. With `prune` (a static `vlm_jax.pruning.PruneSpec`, None = unpruned) the prefill drops
-visual tokens inside the LLM and layer l's cache holds the tokens present at layer l.
+answer. With `prune` (a static, hashable pruning request such as `vlm_jax.pruning.PruneSpec`:
+its `hook` goes to `VLM.forward`, its `cache_sizes(seq_len, extra)` sizes the per-layer cache;
+None = unpruned) the prefill drops visual tokens inside the LLM and layer l's cache holds the
+tokens present at layer l.
 
 `prefill` and `decode` are jitted once per (module, max_new_tokens, prune, shapes) and shared
 by every `Generator`; `prefill(module, 1, prune, params, inputs)` is time to first token.
@@ -14,14 +16,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.models.llm import default_positions, init_cache
+from vlm_jax.models.cache import LayerCache, init_cache
+from vlm_jax.models.llm import default_positions
 from vlm_jax.models.vlm import VLM, last_valid_index
-from vlm_jax.pruning.forward import PruneSpec, cache_sizes
+
+PruneRequest = Any  # a pruning request: `.hook(...)` for VLM.forward, `.cache_sizes(n, extra)`
 
 
 @dataclasses.dataclass
@@ -37,8 +42,8 @@ def _head(module: VLM, hidden: jax.Array) -> jax.Array:
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
-def prefill(module: VLM, max_new_tokens: int, prune: PruneSpec | None, params, inputs: dict
-            ) -> tuple[jax.Array, jax.Array, list]:
+def prefill(module: VLM, max_new_tokens: int, prune: PruneRequest | None, params, inputs: dict
+            ) -> tuple[jax.Array, jax.Array, list[LayerCache] | LayerCache]:
     """(first token `[B]` int32, last position `[B]`, cache sized for `max_new_tokens` more).
 
     inputs: `image [B, H, W, 3]`, `tokens [B, L]`, `valid [B, L]` bool (all True if absent),
@@ -49,8 +54,8 @@ def prefill(module: VLM, max_new_tokens: int, prune: PruneSpec | None, params, i
     valid = inputs.get("valid")
     valid = jnp.ones(tokens.shape, bool) if valid is None else valid.astype(bool)
     positions = default_positions(valid)
-    cache = init_cache(module.cfg.llm, b, cache_sizes(prune, n, max_new_tokens,
-                                                      module.cfg.llm.depth))
+    sizes = n + max_new_tokens if prune is None else prune.cache_sizes(n, max_new_tokens)
+    cache = init_cache(module.cfg.llm, b, sizes)
     variables = {"params": params}
     out = module.apply(variables, inputs["image"], tokens, valid, positions, inputs.get("question"),
                        inputs.get("question_valid"), cache=cache, logits=False, prune=prune,
@@ -63,7 +68,7 @@ def prefill(module: VLM, max_new_tokens: int, prune: PruneSpec | None, params, i
 
 @partial(jax.jit, static_argnums=(0, 1))
 def decode(module: VLM, max_new_tokens: int, params, first: jax.Array, last_pos: jax.Array,
-           cache: list) -> jax.Array:
+           cache: list[LayerCache] | LayerCache) -> jax.Array:
     """Greedy tokens `[B, max_new_tokens]`: `first`, then `max_new_tokens - 1` decode steps."""
     def step(carry, _):  # everything after a row's first stop token is masked afterwards
         tok, pos, cache = carry
@@ -80,7 +85,7 @@ class Generator:
     """Greedy decoding of `max_new_tokens` tokens, cut at the first of `stop_ids`."""
 
     def __init__(self, module: VLM, max_new_tokens: int, stop_ids: tuple[int, ...] = (),
-                 pad_id: int = 0, prune: PruneSpec | None = None):
+                 pad_id: int = 0, prune: PruneRequest | None = None):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.module, self.max_new, self.pad_id, self.prune = module, max_new_tokens, pad_id, prune

@@ -50,7 +50,7 @@ def read_config(path: str) -> dict[str, Any]:
 def param_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     """Flattened ("/"-joined) parameter path -> shape of `init_params(cfg)`, nothing computed."""
     abstract = jax.eval_shape(lambda: models.init_params(cfg))
-    flat = traverse_util.flatten_dict(abstract, sep="/")
+    flat = traverse_util.flatten_dict(models.unstack_layers(abstract), sep="/")
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
@@ -148,7 +148,7 @@ def load(path: str, *, vision_path: str | None = None,
     if isinstance(cfg, (LLMConfig, VLMConfig)) and _llm(cfg).tie_embeddings:
         ignored = (*ignored, r"(^|\.)lm_head\.weight$")  # a stored copy of the tied table
     flat = read_params(Checkpoint(path), _parts(cfg), param_shapes(cfg), aliases, ignored)
-    params = traverse_util.unflatten_dict(flat, sep="/")
+    params = models.to_layout(cfg, traverse_util.unflatten_dict(flat, sep="/"))
     if kind == "vision":
         _remember_tower(params, os.path.abspath(path))
     return cfg, params
@@ -353,7 +353,7 @@ def save(cfg: Any, params: Mapping, path: str, *, format: str = "hf",
     if format not in FORMATS:
         raise ValueError(f"format={format!r}; known: {list(FORMATS)}")
     cfg = models.from_dict(cfg)
-    flat = traverse_util.flatten_dict(dict(params), sep="/")
+    flat = traverse_util.flatten_dict(models.unstack_layers(dict(params)), sep="/")
     if format == "hf":
         config = hf_config.to_hf(cfg)
         _write(path, _parts(cfg), _check_params(cfg, flat), flat, config, max_shard_bytes)

@@ -14,14 +14,16 @@ from vlm_jax.models.config import (
     LLMConfig,
     ViTConfig,
     VLMConfig,
-    from_dict,
     to_dict,
 )
+from vlm_jax.models.layout import match_layout, unstack_layers
 from vlm_jax.models.llm import Decoder
+from vlm_jax.models.presets import from_dict
 from vlm_jax.models.vit import ViT
 from vlm_jax.models.vlm import VLM
 
-__all__ = ["build", "init_params", "dummy_inputs", "from_dict", "to_dict", "presets",
+__all__ = ["build", "init_params", "abstract_params", "to_layout", "match_layout", "unstack_layers",
+           "dummy_inputs", "from_dict", "to_dict", "presets",
            "ViTConfig", "LLMConfig", "CompressorConfig", "VLMConfig", "VLM", "ViT", "Decoder"]
 
 
@@ -54,7 +56,7 @@ def dummy_inputs(cfg: Any, batch: int = 1, text_len: int = 8) -> dict[str, jax.A
                               jnp.ones((batch, text_len), jnp.int32)], axis=1)
     inputs = {"images": jnp.zeros((batch, cfg.vision.image_size, cfg.vision.image_size, 3)),
               "tokens": tokens}
-    if cfg.compressor.name != "identity" and cfg.compressor.use_text_query:
+    if cfg.uses_text_query:
         inputs["question"] = jnp.ones((batch, text_len), jnp.int32)
     return inputs
 
@@ -65,3 +67,15 @@ def init_params(cfg: Any, rng: jax.Array | int = 0) -> dict:
     rng = jax.random.key(rng) if isinstance(rng, int) else rng
     variables = jax.jit(lambda r: module.init(r, **dummy_inputs(module.cfg)))(rng)
     return nn.meta.unbox(variables["params"])
+
+
+def abstract_params(cfg: Any) -> dict:
+    """The parameters' shapes and dtypes (`jax.ShapeDtypeStruct` leaves); nothing computed."""
+    module = build(cfg)
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), **dummy_inputs(module.cfg)))
+    return nn.meta.unbox(variables["params"])
+
+
+def to_layout(cfg: Any, params: dict) -> dict:
+    """`params` (either layer layout: per layer or scanned) in the layout `cfg` builds."""
+    return match_layout(params, abstract_params(cfg))

@@ -1,13 +1,27 @@
-"""Model configs: small frozen dataclasses, one per module family, and the presets.
+"""Model configs: small frozen dataclasses, one per module family.
 
-Each module receives only its own config. `from_dict` turns a (nested) dict or ConfigDict
-into the right dataclass, so configs/*.py can stay plain ml_collections.
+Each module receives only its own config. `to_dict` gives a plain nested dict;
+`vlm_jax.models.presets.from_dict` turns one (or a ConfigDict, or a preset name) back into the
+right dataclass, so configs/*.py can stay plain ml_collections.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+# Plain attention: "xla" (einsum + softmax) or "cudnn" (jax.nn.dot_product_attention's fused
+# GPU kernel). The pruning kernels' own vocabulary is vlm_jax.kernels.dispatch.IMPLS.
+ATTENTION_IMPLS = ("xla", "cudnn")
+# Compressors that can condition on the question (a text query from the LLM).
+TEXT_QUERY_COMPRESSORS = ("quecc",)
+# Remat policies by name (jax.checkpoint_policies): what the backward pass may keep.
+REMAT_POLICIES = ("nothing", "dots", "dots_no_batch", "everything")
+
+
+def check_remat_policy(name: str) -> None:
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy must be one of {list(REMAT_POLICIES)}, got {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +39,11 @@ class ViTConfig:
     use_head: bool = False  # SigLIP's attention-pooling (MAP) head
     dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "nothing"  # what remat keeps: see layers.REMAT_POLICIES
+    scan_layers: bool = False  # run the layers under nn.scan (one compiled layer, stacked params)
 
     def __post_init__(self):
+        check_remat_policy(self.remat_policy)
         if self.family not in ("clip", "siglip"):
             raise ValueError(f"ViTConfig.family must be 'clip' or 'siglip', got {self.family!r}")
         if self.image_size < self.patch_size:
@@ -67,10 +84,16 @@ class LLMConfig:
     tie_embeddings: bool = False
     max_len: int = 4096
     dtype: str = "float32"
-    attention_impl: str = "xla"  # "xla" or "cudnn" / "pallas" where available
+    attention_impl: str = "xla"  # see ATTENTION_IMPLS
     remat: bool = False
+    remat_policy: str = "nothing"  # what remat keeps: see layers.REMAT_POLICIES
+    scan_layers: bool = False  # run the layers under nn.scan (one compiled layer, stacked params)
 
     def __post_init__(self):
+        check_remat_policy(self.remat_policy)
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"LLMConfig.attention_impl must be one of {list(ATTENTION_IMPLS)}, "
+                             f"got {self.attention_impl!r}")
         if self.family not in ("llama", "qwen2"):
             raise ValueError(f"LLMConfig.family must be 'llama' or 'qwen2', got {self.family!r}")
         if self.heads % self.kv_heads:
@@ -114,6 +137,12 @@ class VLMConfig:
             raise ValueError(f"unknown projector {self.projector!r}; known: ['mlp2x_gelu']")
 
     @property
+    def uses_text_query(self) -> bool:
+        """Whether the compressor reads the question (QueCC with `use_text_query`): the one
+        answer to "does this model take `question` / `question_valid` inputs"."""
+        return self.compressor.name in TEXT_QUERY_COMPRESSORS and self.compressor.use_text_query
+
+    @property
     def num_patches(self) -> int:
         """Tokens the selected vision features have, before compression."""
         n = self.vision.num_positions
@@ -125,10 +154,10 @@ class VLMConfig:
         return self.compressor.num_tokens or self.num_patches
 
 
-_CLASSES = {"vision": ViTConfig, "llm": LLMConfig, "compressor": CompressorConfig}
+CLASSES = {"vision": ViTConfig, "llm": LLMConfig, "compressor": CompressorConfig}
 
 
-def _make(cls, d: dict[str, Any], where: str):
+def make(cls, d: dict[str, Any], where: str):
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - fields
     if unknown:
@@ -136,39 +165,6 @@ def _make(cls, d: dict[str, Any], where: str):
                          f"known: {sorted(fields)}")
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return cls(**kw)
-
-
-def from_dict(d: Any) -> ViTConfig | LLMConfig | VLMConfig:
-    """A config dataclass from a dict / ConfigDict / dataclass / preset name.
-
-    A dict with `vision` and `llm` is a VLM; otherwise `kind` ('vision' | 'llm') says which.
-    """
-    if dataclasses.is_dataclass(d):
-        return d
-    if isinstance(d, str):
-        from vlm_jax.models import presets
-        return presets.get(d)
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-    if "vision" in d and "llm" in d:
-        sub = {}
-        for key, cls in _CLASSES.items():
-            v = d.get(key, {})
-            if isinstance(v, str):
-                from vlm_jax.models import presets
-                v = presets.get(v)
-            if not dataclasses.is_dataclass(v):
-                v = dict(v)
-                if v.pop("kind", key) != key:
-                    raise ValueError(f"model.{key} has kind={d[key]['kind']!r}, expected {key!r}")
-                v = _make(cls, v, f"model.{key}")
-            sub[key] = v
-        cfg = _make(VLMConfig, {k: x for k, x in d.items() if k not in _CLASSES}, "model")
-        return dataclasses.replace(cfg, **sub)
-    kind = d.pop("kind", None)
-    if kind not in _CLASSES or kind == "compressor":
-        raise ValueError(f"model config needs `vision` and `llm`, or kind='vision'|'llm'; got "
-                         f"keys {sorted(d)} with kind={kind!r}")
-    return _make(_CLASSES[kind], d, "model")
 
 
 def to_dict(cfg) -> dict[str, Any]:

@@ -225,8 +225,7 @@ def compressor_flops(cfg: VLMConfig) -> Flops:
     g, k = _window(cfg)
     parts = {}
     if name == "quecc":
-        use_text = cfg.compressor.use_text_query and _compressor_needs(name)[1]
-        parts["text_proj"] = 2 * cfg.llm.width * c if use_text else 0.0
+        parts["text_proj"] = 2 * cfg.llm.width * c if cfg.uses_text_query else 0.0
         parts["query_mlp"] = 2 * p * 2 * c * c
         parts["conv"] = 2 * v * k * k * c
     else:
@@ -240,8 +239,7 @@ def compressor_flops(cfg: VLMConfig) -> Flops:
 
 def uses_text_query(cfg: VLMConfig) -> bool:
     """Whether the compressor runs the LLM over the question (QueCC with `use_text_query`)."""
-    name = cfg.compressor.name
-    return name != "identity" and cfg.compressor.use_text_query and _compressor_needs(name)[1]
+    return cfg.uses_text_query
 
 
 def projector_flops(cfg: VLMConfig) -> float:
@@ -338,7 +336,7 @@ def _compressor_params(cfg: VLMConfig) -> int:
     multi, text = _compressor_needs(cfg.compressor.name)
     kw = {"x_multi": jnp.zeros((1, g * g, cfg.vision.width * len(cfg.compressor.feature_layers)))
           if multi else None,
-          "text": jnp.zeros((1, cfg.llm.width)) if text and cfg.compressor.use_text_query
+          "text": jnp.zeros((1, cfg.llm.width)) if text and cfg.uses_text_query
           else None}
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, g * g, c)),
                                                 **kw))

@@ -22,6 +22,28 @@ ACTIVATIONS = {
 }
 
 
+REMAT_POLICIES = {
+    "nothing": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def remat_block(block: type[nn.Module], remat: bool, policy: str, scanned: bool):
+    """`block` under `nn.remat` with the named policy (config.REMAT_POLICIES), or as is."""
+    if not remat:
+        return block
+    return nn.remat(block, policy=REMAT_POLICIES[policy], prevent_cse=not scanned)
+
+
+def scan_layers(body: type[nn.Module], depth: int, in_axes) -> type[nn.Module]:
+    """`body` (`(carry, *args) -> (carry, out)`) scanned over `depth` layers: params gain a
+    leading layer axis (logical name "layers", replicated), outputs are stacked on axis 0."""
+    return nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=in_axes, length=depth, metadata_params={nn.PARTITION_NAME: "layers"})
+
+
 def dtype_of(name: str) -> jnp.dtype:
     """`"float32"` / `"bfloat16"` -> a jnp dtype, with a clear error otherwise."""
     if name not in ("float32", "bfloat16", "float16"):

@@ -1,54 +1,87 @@
 """Llama / Qwen2-family decoder with an explicit, functional KV cache.
 
 Positions are passed explicitly (`[B, L]`), so pruning can drop tokens and keep the survivors'
-rotary positions. A cache is a list (one per layer) of `{"k", "v": [B, S, KV, Dh],
-"valid": [B, S] bool, "end": int32}`; layers may have different S (pruned prefill).
+rotary positions. The cache is `vlm_jax.models.cache`: a list of `LayerCache` (layers may hold
+different slot counts, as a pruned prefill leaves them) or one stacked over layers.
+
+The decoder owns the only loop over its layers. With `cfg.scan_layers` the layers run under
+`nn.scan` (parameters stacked on a leading layer axis) wherever every layer has one shape;
+a `hook` (in-LLM token pruning: see `LayerHook`) or a per-layer cache runs the same parameters
+layer by layer, so shapes may change between layers.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlm_jax.models.cache import LayerCache
 from vlm_jax.models.config import LLMConfig
-from vlm_jax.models.layers import RMSNorm, attention, causal_mask, dense, dtype_of, rotary
+from vlm_jax.models.layers import (
+    RMSNorm,
+    attention,
+    causal_mask,
+    dense,
+    dtype_of,
+    remat_block,
+    rotary,
+    scan_layers,
+)
 
-LayerCache = dict  # {"k", "v", "valid", "end"}
+# (q [B, L, H, Dh], k, v [B, L, KV, Dh], valid [B, L]) -> (out [B, L, H, Dh], importance [B, L]):
+# causal self-attention over this call's own L tokens that also returns the attention mass each
+# token receives as a key (what pruning ranks tokens by).
+ImportanceFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class LayerOutput(NamedTuple):
+    hidden: jax.Array  # [B, L, D]
+    cache: LayerCache | None  # the layer's updated cache (None without one)
+    importance: jax.Array | None  # [B, L] float32 when an ImportanceFn was given, else None
 
 
 class DecoderOutput(NamedTuple):
     logits: jax.Array | None  # [B, L, vocab] (None when not asked for)
     hidden: jax.Array  # [B, L, D], after the final norm
-    cache: list[LayerCache] | None
+    cache: list[LayerCache] | LayerCache | None
 
 
-def init_cache(cfg: LLMConfig, batch: int, sizes: int | list[int], dtype=None) -> list[LayerCache]:
-    """An empty cache; `sizes` is the slot count of every layer (or one per layer)."""
-    sizes = [sizes] * cfg.depth if isinstance(sizes, int) else list(sizes)
-    if len(sizes) != cfg.depth:
-        raise ValueError(f"cache sizes has {len(sizes)} entries for {cfg.depth} layers")
-    dt = dtype or dtype_of(cfg.dtype)
-    shape = lambda s: (batch, s, cfg.kv_heads, cfg.dim_per_head)
-    return [{"k": jnp.zeros(shape(s), dt), "v": jnp.zeros(shape(s), dt),
-             "valid": jnp.zeros((batch, s), bool), "end": jnp.zeros((), jnp.int32)}
-            for s in sizes]
+class LayerHook(Protocol):
+    """What the decoder's layer loop asks of in-LLM token pruning (vlm_jax.pruning supplies
+    one). `state` is the hook's own pytree, threaded through the loop."""
+
+    def start(self, seq_len: int, valid: jax.Array, cache: list[LayerCache] | None) -> Any:
+        """Checks the inputs; returns the initial state."""
+
+    def request(self, layer: int, state: Any) -> ImportanceFn | None:
+        """The importance this layer's attention should also compute, or None."""
+
+    def between(self, layer: int, x: jax.Array, positions: jax.Array, valid: jax.Array,
+                state: Any, importance: jax.Array | None) -> tuple[jax.Array, ...]:
+        """After layer `layer`: (x, positions, valid, state), tokens possibly removed."""
+
+    def finish(self, out: DecoderOutput, state: Any) -> Any:
+        """What the decoder returns."""
 
 
 class Attention(nn.Module):
     """Rotary grouped-query self-attention, optionally reading/writing a layer cache.
 
-    x: `[B, L, D]`, positions, valid: `[B, L]` -> (`[B, L, D]`, new cache or None). With
-    `importance` (pruning: a `vlm_jax.pruning.ops.ImportanceRequest`) it also returns the
-    attention mass each key slot receives, `[B, S]`, as a third element.
+    x: `[B, L, D]`, positions, valid: `[B, L]` -> LayerOutput(`[B, L, D]`, new cache or None,
+    importance `[B, L]` or None). `importance` (an ImportanceFn) computes the attention of a
+    prefill over its own tokens, so with a cache it assumes a fresh one (the queries are the
+    first L slots), as a pruned prefill guarantees.
     """
 
     cfg: LLMConfig
 
     @nn.compact
-    def __call__(self, x, positions, valid, cache: LayerCache | None = None, importance=None):
+    def __call__(self, x, positions, valid, cache: LayerCache | None = None,
+                 importance: ImportanceFn | None = None) -> LayerOutput:
         cfg = self.cfg
         dt = dtype_of(cfg.dtype)
         h, kv, dh = cfg.heads, cfg.kv_heads, cfg.dim_per_head
@@ -60,29 +93,28 @@ class Attention(nn.Module):
         k = rotary(k.reshape(b, n, kv, dh), positions, cfg.rope_theta)
         v = v.reshape(b, n, kv, dh)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", None))
+        scores = out = None
+        if importance is not None:
+            out, scores = importance(q, k, v, valid)
+        new_cache = None
         if cache is None:
-            if importance is None:
+            if out is None:
                 out = attention(q, k, v, causal_mask(valid), cfg.attention_impl)
-            else:
-                out, scores = importance(q, k, v, causal_mask(valid))
-            new_cache = None
         else:
-            end = cache["end"]
-            k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, end, 0, 0))
-            v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, end, 0, 0))
-            valid_all = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, end))
-            slots = jnp.arange(k_all.shape[1])
-            upto = end + jnp.arange(n)  # query i sees slots <= end + i
-            mask = valid_all[:, None, :] & (slots[None, None, :] <= upto[None, :, None])
-            if importance is None:
+            end = cache.end
+            k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, end, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, end, 0, 0))
+            valid_all = jax.lax.dynamic_update_slice(cache.valid, valid, (0, end))
+            if out is None:
+                slots = jnp.arange(k_all.shape[1])
+                upto = end + jnp.arange(n)  # query i sees slots <= end + i
+                mask = valid_all[:, None, :] & (slots[None, None, :] <= upto[None, :, None])
                 out = attention(q, k_all.astype(dt), v_all.astype(dt), mask, cfg.attention_impl)
-            else:
-                out, scores = importance(q, k_all.astype(dt), v_all.astype(dt), mask)
-            new_cache = {"k": k_all, "v": v_all, "valid": valid_all, "end": end + n}
+            new_cache = LayerCache(k_all, v_all, valid_all, end + n)
         out = out.reshape(b, n, h * dh)
         out = dense(cfg.width, ("heads", "embed"), use_bias=cfg.o_bias, dtype=dt,
                     name="o_proj")(out)
-        return (out, new_cache) if importance is None else (out, new_cache, scores)
+        return LayerOutput(out, new_cache, scores)
 
 
 class MLP(nn.Module):
@@ -102,27 +134,36 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block. Returns (`[B, L, D]`, new layer cache or None[, importance `[B, S]` when
-    `importance` is given, see Attention])."""
+    """Pre-norm block: `(x [B, L, D], positions, valid [B, L], cache, importance)` ->
+    LayerOutput (see Attention)."""
 
     cfg: LLMConfig
 
     @nn.compact
-    def __call__(self, x, positions, valid, cache: LayerCache | None = None, importance=None):
+    def __call__(self, x, positions, valid, cache: LayerCache | None = None,
+                 importance: ImportanceFn | None = None) -> LayerOutput:
         cfg, dt = self.cfg, dtype_of(self.cfg.dtype)
-        y, cache, *scores = Attention(cfg, name="self_attn")(
+        y, cache, scores = Attention(cfg, name="self_attn")(
             RMSNorm(cfg.norm_eps, dt, name="input_layernorm")(x), positions, valid, cache,
             importance)
         x = x + y
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, dt, name="post_attention_layernorm")(x))
-        return (nn.with_logical_constraint(x, ("batch", "length", "embed")), cache, *scores)
+        return LayerOutput(nn.with_logical_constraint(x, ("batch", "length", "embed")), cache,
+                           scores)
+
+
+class ScannedDecoderLayer(DecoderLayer):
+    """DecoderLayer as an `nn.scan` body: `(x, positions, valid, cache) -> (x, cache)`."""
+
+    def __call__(self, x, positions, valid, cache=None):
+        out = super().__call__(x, positions, valid, cache)
+        return out.hidden, out.cache
 
 
 class Decoder(nn.Module):
     """The LLM. `embed(tokens [B, L]) -> [B, L, D]`;
-    `__call__(embeds, positions, valid, cache=None) -> DecoderOutput`; with `prune` (a static
-    `vlm_jax.pruning.PruneSpec`) and `visual` (`[B, L]` bool) it prunes visual tokens inside the
-    forward and returns a `vlm_jax.pruning.PrunedOutput`."""
+    `__call__(embeds, positions, valid, cache=None, logits=True, hook=None) -> DecoderOutput`
+    (with a `hook`, whatever `hook.finish` returns)."""
 
     cfg: LLMConfig
 
@@ -133,8 +174,12 @@ class Decoder(nn.Module):
             cfg.vocab_size, cfg.width, dtype=dt, param_dtype=jnp.float32,
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                         ("vocab", "embed")))
-        block = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
-        self.layers = [block(cfg) for _ in range(cfg.depth)]
+        if cfg.scan_layers:
+            body = remat_block(ScannedDecoderLayer, cfg.remat, cfg.remat_policy, scanned=True)
+            self.layers = scan_layers(body, cfg.depth, (nn.broadcast, nn.broadcast, 0))(cfg)
+        else:
+            block = remat_block(DecoderLayer, cfg.remat, cfg.remat_policy, scanned=False)
+            self.layers = [block(cfg) for _ in range(cfg.depth)]
         self.norm = RMSNorm(cfg.norm_eps, dt)
         if not cfg.tie_embeddings:
             self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt)
@@ -151,25 +196,51 @@ class Decoder(nn.Module):
             logits = self.lm_head(hidden)
         return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
+    def layer(self, i: int) -> Callable[..., LayerOutput]:
+        """Layer `i` as a callable `(x, positions, valid, cache, importance) -> LayerOutput`
+        (with scanned layers: the same block applied to slice `i` of the stacked params)."""
+        if not self.cfg.scan_layers:
+            return self.layers[i]
+        if self.is_initializing():
+            raise ValueError("a decoder with scan_layers initialises through its scanned path: "
+                             "init without a pruning hook or a per-layer cache")
+        stacked = nn.meta.unbox(self.variables["params"]["layers"])
+        params = jax.tree_util.tree_map(lambda a: a[i], stacked)
+        return lambda *args: DecoderLayer(self.cfg, parent=None).apply({"params": params}, *args)
+
     def __call__(self, embeds: jax.Array, positions: jax.Array, valid: jax.Array,
-                 cache: list[LayerCache] | None = None, logits: bool = True,
-                 prune=None, visual: jax.Array | None = None,
-                 query: jax.Array | None = None) -> DecoderOutput:
-        """embeds `[B, L, D]`, positions `[B, L]` int, valid `[B, L]` bool (False = padding)."""
-        if prune is not None:  # in-LLM visual-token pruning; query: optional [B, L] query set
-            from vlm_jax.pruning.forward import pruned_decoder
-            return pruned_decoder(self, embeds, positions, valid, visual, prune, query, cache,
-                                  logits)
+                 cache: list[LayerCache] | LayerCache | None = None, logits: bool = True,
+                 hook: LayerHook | None = None) -> DecoderOutput | Any:
+        """embeds `[B, L, D]`, positions `[B, L]` int, valid `[B, L]` bool (False = padding);
+        cache: see vlm_jax.models.cache; hook: in-LLM token pruning (see LayerHook)."""
+        cfg = self.cfg
         if self.is_initializing():  # create the table even when only embeddings come in
             self.embed(jnp.zeros((1, 1), jnp.int32))
         x = nn.with_logical_constraint(embeds, ("batch", "length", "embed"))
-        new_cache = [] if cache is not None else None
-        for i, layer in enumerate(self.layers):
-            x, c = layer(x, positions, valid, None if cache is None else cache[i])
-            if cache is not None:
-                new_cache.append(c)
+        state = None
+        if isinstance(cache, LayerCache) and not cfg.scan_layers:
+            raise ValueError("a stacked cache needs a decoder with scan_layers; give this one a "
+                             "list of per-layer caches (vlm_jax.models.cache.init_cache)")
+        if cfg.scan_layers and hook is None and not isinstance(cache, list):
+            x, cache = self.layers(x, positions, valid, cache)
+        else:
+            if cache is not None and len(cache) != cfg.depth:
+                raise ValueError(f"cache has {len(cache)} layers, the LLM {cfg.depth}")
+            state = None if hook is None else hook.start(x.shape[1], valid, cache)
+            new_cache = None if cache is None else []
+            for i in range(cfg.depth):
+                request = None if hook is None else hook.request(i, state)
+                x, c, scores = self.layer(i)(x, positions, valid,
+                                             None if cache is None else cache[i], request)
+                if new_cache is not None:
+                    new_cache.append(c)
+                if hook is not None:
+                    x, positions, valid, state = hook.between(i, x, positions, valid, state,
+                                                              scores)
+            cache = new_cache
         hidden = self.norm(x)
-        return DecoderOutput(self.head(hidden) if logits else None, hidden, new_cache)
+        out = DecoderOutput(self.head(hidden) if logits else None, hidden, cache)
+        return out if hook is None else hook.finish(out, state)
 
 
 def default_positions(valid: jax.Array) -> jax.Array:

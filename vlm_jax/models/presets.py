@@ -1,22 +1,33 @@
 """Size presets for the families the research uses, plus tiny ones for tests and CPU runs.
 
-`get(name)` returns a config dataclass; `NAMES` lists them.
+`get(name)` returns a config dataclass; `NAMES` lists them. `from_dict` builds a config from
+a dict, ConfigDict or preset name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from vlm_jax.models.config import CompressorConfig, LLMConfig, ViTConfig, VLMConfig
+from vlm_jax.models.config import (
+    CLASSES,
+    CompressorConfig,
+    LLMConfig,
+    ViTConfig,
+    VLMConfig,
+    make,
+)
 
 _QWEN = dict(family="qwen2", qkv_bias=True, rope_theta=1e6, norm_eps=1e-6, max_len=32768)
-_QWEN15 = dict(_QWEN, vocab_size=151936)
-_LLAMA2 = dict(family="llama", vocab_size=32000, rope_theta=1e4, norm_eps=1e-5, max_len=4096)
+_QWEN15 = dict(_QWEN, vocab_size=151936, scan_layers=True)  # >100M params: scanned layers
+_LLAMA2 = dict(family="llama", vocab_size=32000, rope_theta=1e4, norm_eps=1e-5, max_len=4096,
+               scan_layers=True)
 
 VISION: dict[str, ViTConfig] = {
-    "clip-l/14-336": ViTConfig("clip", 336, 14, 1024, 24, 16, 4096, 1e-5),
+    "clip-l/14-336": ViTConfig("clip", 336, 14, 1024, 24, 16, 4096, 1e-5, scan_layers=True),
     "clip-b/16-224": ViTConfig("clip", 224, 16, 768, 12, 12, 3072, 1e-5),
-    "siglip-so400m/14-384": ViTConfig("siglip", 384, 14, 1152, 27, 16, 4304, 1e-6, use_head=True),
+    "siglip-so400m/14-384": ViTConfig("siglip", 384, 14, 1152, 27, 16, 4304, 1e-6, use_head=True,
+                                      scan_layers=True),
     # Tiny towers: tests and CPU sweeps.
     "clip-tiny": ViTConfig("clip", 32, 8, 32, 2, 4, 64, 1e-5),
     "siglip-tiny": ViTConfig("siglip", 32, 8, 32, 2, 4, 64, 1e-6, use_head=True),
@@ -86,6 +97,37 @@ def get(name: str) -> ViTConfig | LLMConfig | VLMConfig:
         if name in table:
             return table[name]
     raise ValueError(f"unknown model preset {name!r}; known: {NAMES}")
+
+
+def from_dict(d: Any) -> ViTConfig | LLMConfig | VLMConfig:
+    """A config dataclass from a dict / ConfigDict / dataclass / preset name.
+
+    A dict with `vision` and `llm` is a VLM; otherwise `kind` ('vision' | 'llm') says which.
+    """
+    if dataclasses.is_dataclass(d):
+        return d
+    if isinstance(d, str):
+        return get(d)
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    if "vision" in d and "llm" in d:
+        sub = {}
+        for key, cls in CLASSES.items():
+            v = d.get(key, {})
+            if isinstance(v, str):
+                v = get(v)
+            if not dataclasses.is_dataclass(v):
+                v = dict(v)
+                if v.pop("kind", key) != key:
+                    raise ValueError(f"model.{key} has kind={d[key]['kind']!r}, expected {key!r}")
+                v = make(cls, v, f"model.{key}")
+            sub[key] = v
+        cfg = make(VLMConfig, {k: x for k, x in d.items() if k not in CLASSES}, "model")
+        return dataclasses.replace(cfg, **sub)
+    kind = d.pop("kind", None)
+    if kind not in CLASSES or kind == "compressor":
+        raise ValueError(f"model config needs `vision` and `llm`, or kind='vision'|'llm'; got "
+                         f"keys {sorted(d)} with kind={kind!r}")
+    return make(CLASSES[kind], d, "model")
 
 
 # The tiny sweep's LLM sizes (configs/sweep_tiny.py): name -> (width, depth, heads, kv_heads).

@@ -13,7 +13,15 @@ import jax
 import jax.numpy as jnp
 
 from vlm_jax.models.config import ViTConfig
-from vlm_jax.models.layers import ACTIVATIONS, attention, dense, dtype_of, layer_norm
+from vlm_jax.models.layers import (
+    ACTIVATIONS,
+    attention,
+    dense,
+    dtype_of,
+    layer_norm,
+    remat_block,
+    scan_layers,
+)
 
 _VIS = ("vis_embed",)
 
@@ -72,6 +80,14 @@ class EncoderLayer(nn.Module):
         return nn.with_logical_constraint(x, ("batch", "vis_tokens", "vis_embed"))
 
 
+class ScannedEncoderLayer(EncoderLayer):
+    """EncoderLayer as an `nn.scan` body: `x -> (x, x)` (each layer's output is stacked)."""
+
+    def __call__(self, x):
+        x = super().__call__(x)
+        return x, x
+
+
 class MAPHead(nn.Module):
     """SigLIP multihead attention pooling: one learned probe. `[B, T, C] -> [B, C]`."""
 
@@ -120,10 +136,15 @@ class ViT(nn.Module):
         if cfg.family == "clip":
             x = layer_norm(cfg.norm_eps, dt, "pre_layrnorm")(x)
         hidden = [x]
-        block = nn.remat(EncoderLayer) if cfg.remat else EncoderLayer
-        for i in range(cfg.depth):
-            x = block(cfg, name=f"layers_{i}")(x)
-            hidden.append(x)
+        if cfg.scan_layers:  # one compiled layer; params stacked on a leading layer axis
+            body = remat_block(ScannedEncoderLayer, cfg.remat, cfg.remat_policy, scanned=True)
+            x, stacked = scan_layers(body, cfg.depth, ())(cfg, name="layers")(x)
+            hidden += [stacked[i] for i in range(cfg.depth)]
+        else:
+            block = remat_block(EncoderLayer, cfg.remat, cfg.remat_policy, scanned=False)
+            for i in range(cfg.depth):
+                x = block(cfg, name=f"layers_{i}")(x)
+                hidden.append(x)
         post = layer_norm(cfg.norm_eps, dt, "post_layernorm")
         if cfg.family == "clip":
             pooled = post(x[:, 0])

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlm_jax.models import compressors
+from vlm_jax.models.cache import LayerCache
 from vlm_jax.models.config import VLMConfig
 from vlm_jax.models.layers import ACTIVATIONS, dense, dtype_of, select_layers
-from vlm_jax.models.llm import Decoder, DecoderOutput, LayerCache, default_positions
+from vlm_jax.models.llm import Decoder, DecoderOutput, default_positions
 from vlm_jax.models.vit import ViT
 
 
@@ -101,7 +102,7 @@ class VLM(nn.Module):
                     f"CLIP, 'full' for SigLIP)")
             if comp.needs_multi:
                 x_multi = select_layers(hidden, cfg.compressor.feature_layers)[:, -x.shape[1]:]
-            if comp.needs_text and cfg.compressor.use_text_query:
+            if cfg.uses_text_query:
                 if question is None:
                     raise ValueError(f"compressor {cfg.compressor.name!r} uses a text query: pass "
                                      "`question` [B, Lq] and `question_valid`")
@@ -124,30 +125,30 @@ class VLM(nn.Module):
         return jnp.where(is_img[..., None], spliced, embeds)
 
     def forward(self, images, tokens, valid=None, positions=None, question=None,
-                question_valid=None, cache: list[LayerCache] | None = None,
+                question_valid=None, cache: list[LayerCache] | LayerCache | None = None,
                 logits: bool = True, prune=None, query=None) -> DecoderOutput:
         """Full forward returning logits, final hidden states and the (updated) cache.
 
-        prune: a static `vlm_jax.pruning.PruneSpec` to prune visual tokens inside the LLM
-        (returns a `vlm_jax.pruning.PrunedOutput`); query: its optional `[B, L]` query set.
+        prune: in-LLM visual-token pruning, an object whose `hook(visual, valid, query)` gives
+        the decoder's LayerHook (a static `vlm_jax.pruning.PruneSpec`; the forward then returns
+        what its hook's `finish` does, a `PrunedOutput`); query: an optional `[B, L]` query set.
         """
         valid = jnp.ones(tokens.shape, bool) if valid is None else valid
         positions = default_positions(valid) if positions is None else positions
-        if prune is not None:
-            prune.check(self.cfg.llm.depth, self.cfg.num_visual_tokens)
+        hook = None
+        if prune is not None:  # built first: a schedule that does not fit fails before tracing
+            hook = prune.hook(tokens == self.cfg.image_token_id, valid, query,
+                              depth=self.cfg.llm.depth, num_visual=self.cfg.num_visual_tokens)
         embeds = self.embed_inputs(images, tokens, question, question_valid)
-        if prune is not None:
-            return self.language_model(embeds, positions, valid, cache=cache, logits=logits,
-                                       prune=prune, visual=tokens == self.cfg.image_token_id,
-                                       query=query)
-        return self.language_model(embeds, positions, valid, cache=cache, logits=logits)
+        return self.language_model(embeds, positions, valid, cache=cache, logits=logits,
+                                   hook=hook)
 
     def __call__(self, images, tokens, valid=None, positions=None, question=None,
                  question_valid=None) -> jax.Array:
         """images `[B, H, W, 3]`, tokens `[B, L]` -> logits `[B, L, vocab]`."""
         return self.forward(images, tokens, valid, positions, question, question_valid).logits
 
-    def decode(self, tokens, positions, cache: list[LayerCache]) -> DecoderOutput:
+    def decode(self, tokens, positions, cache: list[LayerCache] | LayerCache) -> DecoderOutput:
         """One (or a few) text tokens `[B, T]` through the LLM on top of `cache`."""
         lm = self.language_model
         valid = jnp.ones(tokens.shape, bool)

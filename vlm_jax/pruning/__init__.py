@@ -1,8 +1,9 @@
 """Inference-time visual-token pruning inside the LLM (docs/algorithms.md section 4).
 
-- `PruneSpec(keep, query="last"|"text", impl="xla"|"pallas")`: a static schedule; pass it as
-  `VLM.forward(..., prune=spec)` (or `Decoder.__call__(..., prune=spec, visual=mask)`) to get a
-  `PrunedOutput(logits, hidden, cache, index, importance)`.
+- `PruneSpec(keep, query="last"|"text", impl="xla"|"pallas"|"pallas_interpret")`: a static
+  schedule; pass it as `VLM.forward(..., prune=spec)` (or its `spec.hook(visual, valid, ...)` as
+  `Decoder.__call__(..., hook=...)`) to get a `PrunedOutput(logits, hidden, cache, index,
+  importance)`.
 - `schedules`: validate / full / fastv / psigmoid / save / load.
 - generation under a schedule: `vlm_jax.eval.generate.Generator(module, steps, prune=spec)`.
 - `gsearch.g_search`, `psigmoid.psigmoid_search`: schedule searches over `metric_fn(keep)`.

@@ -1,23 +1,25 @@
 """Visual-token pruning inside the LLM forward (docs/algorithms.md section 4).
 
-`Decoder.__call__(..., prune=spec, visual=mask)` (and `VLM.forward(..., prune=spec)`) hand over
-to `pruned_decoder` here. Before layer l, if `keep[l] < keep[l-1]`, the top-`keep[l]` visual
-tokens by the importance computed in layer l-1 survive, in original order and with their
-original rotary positions; the others leave the sequence (shapes shrink). Text and padding
-tokens are never removed, so every example keeps the same number of tokens and shapes stay
-static: one compile per schedule. With a cache (fresh, prefill), layer l's cache receives the
-`L - V + keep[l]` tokens present at layer l; see `cache_sizes`.
+`VLM.forward(..., prune=spec)` passes the decoder the `LayerHook` that `spec.hook(...)` builds;
+the decoder runs its one layer loop and calls the hook between layers. Before layer l, if
+`keep[l] < keep[l-1]`, the top-`keep[l]` visual tokens by the importance computed in layer l-1
+survive, in original order and with their original rotary positions; the others leave the
+sequence (shapes shrink). Text and padding tokens are never removed, so every example keeps the
+same number of tokens and shapes stay static: one compile per schedule. With a cache (fresh,
+prefill), layer l's cache receives the `L - V + keep[l]` tokens present at layer l; see
+`cache_sizes`. This module imports no model code: the decoder only calls the hook.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm_jax.kernels.importance_attention import last_token_weights, text_after_weights
 from vlm_jax.pruning import ops
 from vlm_jax.pruning.schedules import ScheduleError, validate
 
@@ -30,8 +32,7 @@ class PruneSpec:
 
     keep: visual tokens present at each decoder layer. query: the query set whose attention
     ranks visual tokens: "last" (the last real token, FastV code) or "text" (all text tokens
-    after the image, prompt-aware). impl: "xla" | "pallas" | "pallas_interpret" for importance
-    and compaction (see `ops`).
+    after the image, prompt-aware). impl: one of `ops.IMPLS` for importance and compaction.
     record: also return every layer's importance (diagnostics).
     """
 
@@ -45,7 +46,8 @@ class PruneSpec:
         if self.query not in QUERY_SETS:
             raise ValueError(f"PruneSpec.query must be one of {list(QUERY_SETS)}, got "
                              f"{self.query!r}")
-        ops.check_impl(self.impl)
+        if self.impl not in ops.IMPLS:
+            raise ValueError(f"unknown pruning impl {self.impl!r}; known: {list(ops.IMPLS)}")
 
     @property
     def num_visual(self) -> int:
@@ -59,6 +61,22 @@ class PruneSpec:
         """Sequence length present at each layer for prompts of `seq_len` tokens."""
         return [seq_len - self.num_visual + k for k in self.keep]
 
+    def cache_sizes(self, seq_len: int, extra: int) -> list[int]:
+        """Per-layer cache slots for a pruned prefill of `seq_len` tokens plus `extra` steps."""
+        return [n + extra for n in self.tokens_at(seq_len)]
+
+    def hook(self, visual: jax.Array, valid: jax.Array, query: jax.Array | None = None, *,
+             depth: int, num_visual: int) -> Pruner:
+        """The decoder's LayerHook for this schedule. visual, valid `[B, L]` bool (exactly V
+        visual tokens per row, in one span); query: optional `[B, L]` bool query set overriding
+        `self.query` (e.g. the prompt's rows when answer tokens follow it)."""
+        self.check(depth, num_visual)
+        if visual.shape != valid.shape:
+            raise ValueError(f"visual mask {visual.shape} != valid {valid.shape}")
+        _check_visual(visual, self.num_visual)
+        rows = query_rows(self.query, visual, valid) if query is None else query
+        return Pruner(self, visual, rows)
+
 
 class PrunedOutput(NamedTuple):
     logits: jax.Array | None  # [B, L', vocab], L' = L - V + keep[-1]
@@ -69,27 +87,24 @@ class PrunedOutput(NamedTuple):
 
 
 def cache_sizes(spec: PruneSpec | None, seq_len: int, extra: int, depth: int) -> list[int]:
-    """Per-layer cache slots for a pruned prefill of `seq_len` tokens plus `extra` decode steps."""
-    if spec is None:
-        return [seq_len + extra] * depth
-    return [n + extra for n in spec.tokens_at(seq_len)]
+    """Per-layer cache slots for a (pruned, unless `spec` is None) prefill plus `extra` steps."""
+    return [seq_len + extra] * depth if spec is None else spec.cache_sizes(seq_len, extra)
 
 
 def query_rows(mode: str, visual: jax.Array, valid: jax.Array) -> jax.Array:
-    """The query set as a `[B, L]` bool mask: "last" = the last real token; "text" = the real,
-    non-visual tokens after the last visual token."""
-    idx = jnp.arange(valid.shape[1])[None]
+    """The query set as a `[B, L]` bool mask (the kernels' query weights): "last" = the last
+    real token; "text" = the real tokens after the last visual token."""
     if mode == "last":
-        last = jnp.max(jnp.where(valid, idx, -1), axis=1, keepdims=True)
-        return idx == last
+        return last_token_weights(valid) > 0
     if mode == "text":
-        last_vis = jnp.max(jnp.where(visual, idx, -1), axis=1, keepdims=True)
-        return valid & ~visual & (idx > last_vis)
+        idx = jnp.arange(valid.shape[1])[None]
+        after = jnp.max(jnp.where(visual, idx, -1), axis=1) + 1
+        return text_after_weights(valid, after) > 0
     raise ValueError(f"unknown query set {mode!r}; known: {list(QUERY_SETS)}")
 
 
-def _check_visual(visual: jax.Array, num_visual: int, contiguous: bool) -> None:
-    """Concrete masks only: every row holds `num_visual` visual tokens (in one span if asked)."""
+def _check_visual(visual: jax.Array, num_visual: int) -> None:
+    """Concrete masks only: every row holds `num_visual` visual tokens, in one span."""
     if isinstance(visual, jax.core.Tracer):
         return
     visual = np.asarray(visual)
@@ -98,65 +113,60 @@ def _check_visual(visual: jax.Array, num_visual: int, contiguous: bool) -> None:
     if bad.size:
         raise ScheduleError(f"schedule keeps {num_visual} visual tokens at layer 0 but example "
                             f"{int(bad[0])} has {int(counts[bad[0]])} visual tokens")
-    if contiguous:
-        for b, row in enumerate(visual):
-            idx = np.flatnonzero(row)
-            if idx.size and idx[-1] - idx[0] + 1 != idx.size:
-                raise ValueError(f"impl 'pallas' needs one contiguous visual span per example; "
-                                 f"example {b} has visual tokens at {idx.tolist()[:8]}...")
+    for b, row in enumerate(visual):
+        idx = np.flatnonzero(row)
+        if idx.size and idx[-1] - idx[0] + 1 != idx.size:
+            raise ValueError(f"pruning needs one contiguous visual span per example; example "
+                             f"{b} has visual tokens at {idx.tolist()[:8]}...")
 
 
-def pruned_decoder(decoder, embeds: jax.Array, positions: jax.Array, valid: jax.Array,
-                   visual: jax.Array, spec: PruneSpec, query: jax.Array | None = None,
-                   cache: list | None = None, logits: bool = True) -> PrunedOutput:
-    """The decoder forward with pruning; `decoder` is the bound `Decoder` module.
+class PruneState(NamedTuple):
+    visual: jax.Array  # [B, L_l] bool: which present tokens are visual
+    rows: jax.Array  # [B, L_l] bool: the query set among them
+    index: jax.Array  # [B, L_l] int32: their original slots
+    recorded: tuple[jax.Array, ...]  # record=True: the importance of each layer so far
 
-    embeds `[B, L, D]`; positions `[B, L]` int; valid, visual `[B, L]` bool (exactly V visual
-    tokens per row, at any offset); query: optional `[B, L]` bool query set overriding
-    `spec.query` (e.g. the prompt's rows when answer tokens follow it).
-    """
-    cfg = decoder.cfg
-    spec.check(cfg.depth, spec.num_visual)
-    if visual is None:
-        raise ValueError("pruning needs `visual` [B, L] bool marking the visual tokens")
-    if visual.shape != valid.shape:
-        raise ValueError(f"visual mask {visual.shape} != valid {valid.shape}")
-    _check_visual(visual, spec.num_visual, contiguous=spec.impl != "xla")
-    n = embeds.shape[1]
-    if n < spec.num_visual:
-        raise ScheduleError(f"schedule has V={spec.num_visual} but the sequence has {n} tokens")
-    if cache is not None:
-        if len(cache) != cfg.depth:
-            raise ValueError(f"cache has {len(cache)} layers, the LLM {cfg.depth}")
-        for layer, (c, need) in enumerate(zip(cache, spec.tokens_at(n))):
-            if c["k"].shape[1] < need:
-                raise ValueError(f"cache of layer {layer} has {c['k'].shape[1]} slots but the "
-                                 f"pruned prefill puts {need} tokens there; size it with "
-                                 "vlm_jax.pruning.cache_sizes")
-    rows = query_rows(spec.query, visual, valid) if query is None else query
-    index = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None], valid.shape)
-    x, keep = embeds, spec.keep
-    new_cache = None if cache is None else []
-    recorded = [] if spec.record else None
-    scores = None
-    for layer_id, layer in enumerate(decoder.layers):
-        if layer_id > 0 and keep[layer_id] < keep[layer_id - 1]:
-            _, (x, positions, valid, visual, rows, index) = ops.select_and_compact(
-                scores, visual, keep[layer_id - 1], keep[layer_id],
-                (x, positions, valid, visual, rows, index), spec.impl)
-        wants = spec.record or (layer_id + 1 < cfg.depth
-                                and keep[layer_id + 1] < keep[layer_id])
-        layer_cache = None if cache is None else cache[layer_id]
-        if wants:
-            x, c, scores = layer(x, positions, valid, layer_cache,
-                                 ops.ImportanceRequest(rows, valid, spec.impl))
-            scores = scores[:, :x.shape[1]]  # key slots of this prefill (fresh cache)
-            if recorded is not None:
-                recorded.append(scores)
-        else:
-            x, c = layer(x, positions, valid, layer_cache)
-        if new_cache is not None:
-            new_cache.append(c)
-    hidden = decoder.norm(x)
-    return PrunedOutput(decoder.head(hidden) if logits else None, hidden, new_cache, index,
-                        None if recorded is None else tuple(recorded))
+
+class Pruner:
+    """The LayerHook (vlm_jax.models.llm) of one schedule on one batch."""
+
+    def __init__(self, spec: PruneSpec, visual: jax.Array, rows: jax.Array):
+        self.spec, self.visual, self.rows = spec, visual, rows
+
+    def _drops_after(self, layer: int) -> bool:
+        keep = self.spec.keep
+        return layer + 1 < len(keep) and keep[layer + 1] < keep[layer]
+
+    def start(self, seq_len: int, valid: jax.Array, cache: list | None) -> PruneState:
+        if seq_len < self.spec.num_visual:
+            raise ScheduleError(f"schedule has V={self.spec.num_visual} but the sequence has "
+                                f"{seq_len} tokens")
+        if cache is not None:
+            for layer, (c, need) in enumerate(zip(cache, self.spec.tokens_at(seq_len))):
+                if c.slots < need:
+                    raise ValueError(f"cache of layer {layer} has {c.slots} slots but the "
+                                     f"pruned prefill puts {need} tokens there; size it with "
+                                     "vlm_jax.pruning.cache_sizes")
+        index = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32)[None], valid.shape)
+        return PruneState(self.visual, self.rows, index, ())
+
+    def request(self, layer: int, state: PruneState) -> ops.ImportanceRequest | None:
+        if self.spec.record or self._drops_after(layer):
+            return ops.ImportanceRequest(state.rows, self.spec.impl)
+        return None
+
+    def between(self, layer: int, x, positions, valid, state: PruneState,
+                importance: jax.Array | None) -> tuple[Any, ...]:
+        recorded = state.recorded + ((importance,) if self.spec.record else ())
+        state = state._replace(recorded=recorded)
+        if not self._drops_after(layer):
+            return x, positions, valid, state
+        keep = self.spec.keep
+        _, (x, positions, valid, visual, rows, index) = ops.select_and_compact(
+            importance, state.visual, keep[layer], keep[layer + 1],
+            (x, positions, valid, state.visual, state.rows, state.index), self.spec.impl)
+        return x, positions, valid, PruneState(visual, rows, index, recorded)
+
+    def finish(self, out, state: PruneState) -> PrunedOutput:
+        return PrunedOutput(out.logits, out.hidden, out.cache, state.index,
+                            state.recorded if self.spec.record else None)

@@ -45,7 +45,7 @@ def random_calibration(cfg: VLMConfig, num: int, prompt_len: int = 8, answer_len
     batch = {"images": rng.standard_normal((num, img, img, 3)).astype(np.float32),
              "tokens": tokens, "valid": valid,
              "answers": np.zeros((num, answer_len), np.int32)}
-    if cfg.compressor.name != "identity" and cfg.compressor.use_text_query:
+    if cfg.uses_text_query:
         batch["question"], batch["question_valid"] = tokens[:, -prompt_len:], valid[:, -prompt_len:]
     return batch
 

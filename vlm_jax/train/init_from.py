@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from vlm_jax import models
 from vlm_jax.train.checkpoint import Checkpoints, restore_numpy
 
 
@@ -56,13 +57,15 @@ def copy_prefixes(dst: dict, src: dict, mapping) -> tuple[dict, int]:
 
 
 def apply(spec, params: Any) -> Any:
+    """`params` with the mapped source leaves copied in. Either side may have scanned or
+    per-layer layer stacks: prefixes are matched per layer, the result has `params`' layout."""
     if isinstance(spec, (list, tuple)):
         for one in spec:
             params = apply(ml_collections.ConfigDict(dict(one)), params)
         return params
     mapping = [tuple(m) for m in spec.get("map", (("", ""),))]
-    src = jax.device_get(source_params(spec))
-    out, copied = copy_prefixes(params, src, mapping)
+    src = models.unstack_layers(jax.device_get(source_params(spec)))
+    out, copied = copy_prefixes(models.unstack_layers(params), src, mapping)
     if copied == 0:
         raise ValueError(f"init_from {dict(spec)} copied no parameter; check `map` prefixes")
-    return out
+    return models.match_layout(out, params)

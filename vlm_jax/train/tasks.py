@@ -39,7 +39,7 @@ class Task:
 
 def vlm_task(cfg: VLMConfig, seq_len: int, question_len: int) -> Task:
     module = models.VLM(cfg)
-    uses_text = cfg.compressor.name != "identity" and cfg.compressor.use_text_query
+    uses_text = cfg.uses_text_query
     keys = ("image", "tokens", "valid", "loss_mask") + (
         ("question", "question_valid") if uses_text else ())
     v, size = cfg.num_visual_tokens, cfg.vision.image_size

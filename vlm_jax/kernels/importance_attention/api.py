@@ -7,7 +7,8 @@ query_weights `[B, Lq]` bool/float (which query rows count, and how much), key_v
 bool (False = padding) -> out `[B, Lq, H, Dh]` (q's dtype), scores `[B, Lk]` float32 with
 `scores[b, j] = mean_h sum_i query_weights[b, i] * softmax_j(q_i . k_j * scale)`.
 Masking and edge cases are those of reference.py. `impl="xla"` is the reference (it
-materialises `[B, H, Lq, Lk]`); `impl="pallas"` is kernel.py (never does); `impl=None` picks
+materialises `[B, H, Lq, Lk]`); `impl="pallas"` is kernel.py (never does; raises where it
+cannot lower), "pallas_interpret" the same through the Pallas interpreter; `impl=None` picks
 Pallas on TPU and GPU and XLA elsewhere (see vlm_jax.kernels.dispatch).
 """
 
@@ -63,7 +64,7 @@ def _pad(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
 def importance_attention(q: jax.Array, k: jax.Array, v: jax.Array, query_weights: jax.Array, *,
                          key_valid: jax.Array | None = None, causal: bool = True,
                          scale: float | None = None, impl: str | None = None,
-                         block_q: int = 128, block_k: int = 128, interpret: bool = False,
+                         block_q: int = 128, block_k: int = 128,
                          backend: str | None = None) -> tuple[jax.Array, jax.Array]:
     """See the module docstring. `scale` defaults to `1/sqrt(Dh)`; `block_q`/`block_k` tile
     the Pallas kernel (lengths need not be multiples: inputs are padded and masked)."""
@@ -73,7 +74,8 @@ def importance_attention(q: jax.Array, k: jax.Array, v: jax.Array, query_weights
         key_valid = jnp.ones((b, lk), bool)
     _check(q, k, v, query_weights, key_valid)
     scale = float(1.0 / math.sqrt(dh) if scale is None else scale)
-    plan = resolve("importance_attention", impl, backend, interpret, LOWERS_ON)
+    plan = resolve("importance_attention", impl, backend, LOWERS_ON)
+    interpret = plan.interpret
     if plan.impl == "xla":
         return importance_attention_reference(q, k, v, key_valid.astype(bool), query_weights,
                                               causal=causal, scale=scale)

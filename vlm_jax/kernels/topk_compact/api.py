@@ -10,7 +10,8 @@ to `[0, L - V]`), keep static `0 <= keep <= V`, arrays each `[B, L, ...]` of one
 `[B, L, D]`, positions `[B, L]`, valid `[B, L]` bool, cache keys/values `[B, L, KV, Dh]`)
 -> (list of arrays `[B, L - V + keep, ...]`, index `[B, L - V + keep]` int32: the input slot
 each output slot came from). Semantics: reference.py. `impl=None` picks Pallas on TPU, XLA
-elsewhere; `impl="pallas", interpret=True` runs the kernel through the Pallas interpreter.
+elsewhere; "pallas" raises where the kernel cannot lower; "pallas_interpret" runs it through
+the Pallas interpreter.
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ def _check(scores, start, keep, arrays):
         raise ValueError(f"topk_compact: sequence length {length} < visual span V={v}")
 
 
-def select(scores: jax.Array, keep: int, *, impl: str | None = None, interpret: bool = False,
+def select(scores: jax.Array, keep: int, *, impl: str | None = None,
            backend: str | None = None) -> jax.Array:
     """`[B, V]` scores -> `[B, keep]` int32 kept visual offsets in increasing order."""
-    plan = resolve("topk_compact", impl, backend, interpret, LOWERS_ON)
+    plan = resolve("topk_compact", impl, backend, LOWERS_ON)
+    interpret = plan.interpret
     s = canonical_scores(scores)
     if plan.impl == "xla":
         return select_reference(s, keep)
@@ -69,7 +71,7 @@ def select(scores: jax.Array, keep: int, *, impl: str | None = None, interpret: 
 
 
 def topk_compact(scores: jax.Array, start: jax.Array, keep: int, arrays: Sequence[jax.Array], *,
-                 impl: str | None = None, interpret: bool = False,
+                 impl: str | None = None,
                  backend: str | None = None) -> tuple[list[jax.Array], jax.Array]:
     """See the module docstring."""
     arrays = list(arrays)
@@ -77,7 +79,8 @@ def topk_compact(scores: jax.Array, start: jax.Array, keep: int, arrays: Sequenc
     b, v = scores.shape
     length = arrays[0].shape[1]
     start = jnp.clip(start.astype(jnp.int32), 0, length - v)
-    plan = resolve("topk_compact", impl, backend, interpret, LOWERS_ON)
+    plan = resolve("topk_compact", impl, backend, LOWERS_ON)
+    interpret = plan.interpret
     if plan.impl == "xla":
         return topk_compact_reference(canonical_scores(scores), start, keep, arrays)
     s = jnp.pad(canonical_scores(scores), ((0, 0), (0, round_up(v, 128) - v)),
