@@ -101,3 +101,18 @@ def test_flagship_llava7b_fits_v5e_4x4():
     expected_state = 4 * (r["params"] + 2 * r["trainable_params"]) / 16
     assert 0.95 < mem["state"] / expected_state < 1.05
     assert 1.0 < r["xla_cost_per_device"]["flops"] / r["model_flops_per_device"] < 1.6
+
+
+def test_scanned_layers_compile_and_shard_the_stacked_params():
+    """A tiny VLM with scanned tower and decoder compiles for v5e:2x2; its stacked params keep
+    their logical sharding with the layer axis replicated."""
+    c = tiny_fsdp_tp()
+    c.model.vision.depth = c.model.llm.depth = 2
+    c.model.vision.scan_layers = c.model.llm.scan_layers = True
+    c.model.llm.remat = True
+    trainer, compiled, timings = aot.compile_train_step(c, "v5e:2x2")
+    r = aot.report(c, "v5e:2x2", trainer, compiled, timings)
+    assert r["fits"] is True
+    q = trainer.abstract_state["params"]["language_model"]["layers"]["self_attn"]["q_proj"]
+    assert q["kernel"].shape[0] == 2 and q["kernel"].sharding.spec[0] is None
+    assert "layers_0" not in trainer.abstract_state["params"]["vision_tower"]

@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -74,7 +75,7 @@ def test_scanned_logits_and_gradients_equal_unscanned(batch, remat):
 
     def loss(c, p):
         logits = _forward(c, p, batch).logits
-        return jnp.mean(jax.nn.log_softmax(logits)[..., 3] * batch["valid"][..., None])
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 3] * batch["valid"])
 
     ref_logits = _forward(cfg, params, batch).logits
     np.testing.assert_allclose(np.asarray(_forward(scanned, sparams, batch).logits),
@@ -97,7 +98,8 @@ def test_checkpoint_round_trip_between_layouts(model, tmp_path):
         ckpts.wait()
         ckpts.close()
         zeros = jax.tree_util.tree_map(jnp.zeros_like, target)
-        loaded = init_from.apply({"workdir": str(tmp_path / name)}, zeros)
+        loaded = init_from.apply(ml_collections.ConfigDict({"workdir": str(tmp_path / name)}),
+                                 zeros)
         assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(target)
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a),
                                                                           np.asarray(b)),
