@@ -1,5 +1,10 @@
 """In-LLM visual-token pruning: accuracy vs measured prefill speed-up, one table for all methods.
 
+    python -m vlm_jax.bench.pruning
+
+With no arguments: every method and control on the pruning benchmark model, trained first if
+absent (`vlm_jax.bench.pruning_suite`). With arguments:
+
     python -m vlm_jax.bench.pruning [--model bench-100m] [--checkpoint DIR] [--n 4] [--runs 5]
         [--source random|eval] [--calib_split test] [--score_split ''] [--timing_batch 1]
         [--max_drop 1]
@@ -60,6 +65,9 @@ def _config(args) -> ml_collections.ConfigDict:
 
 
 def main(argv=None) -> dict:
+    if not argv:  # the benchmark of every method on the benchmark model
+        from vlm_jax.bench import pruning_suite
+        return pruning_suite.main([])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="bench-100m")
     ap.add_argument("--checkpoint", default="")

@@ -67,7 +67,7 @@ def evaluate(module: models.VLM, params: Any, loader: data_lib.Loader, *, max_ne
         prefill_s.append(out.prefill_s)
         decode_s.append(out.decode_s_per_token)
         keep = np.flatnonzero(arrays["example_mask"])
-        n_prompt = arrays["prompt_valid"].sum(1) - module.cfg.num_visual_tokens
+        n_prompt = arrays["prompt_valid"].sum(1) - (arrays["prompt"] == module.cfg.image_token_id).sum(1)
         for i in keep:
             task = str(meta["task"][i])
             if task not in tasks:
