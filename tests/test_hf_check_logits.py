@@ -36,6 +36,7 @@ def _run(argv, capsys):
 def test_random_inputs_pass(llava_dir, capsys):
     code, report = _run([llava_dir, "--batch", "2", "--pad", "3"], capsys)
     assert code == 0 and report["ok"], report
+    assert report["layout"] == "hf"
     assert report["max_abs_diff"] < 1e-4 and report["kl"] < 1e-6
 
 
@@ -86,3 +87,29 @@ def test_module_entry_point_exit_code(tmp_path):
     bad = subprocess.run(cmd + ["--atol", "1e-12"], capture_output=True, text=True, cwd=root,
                          env=env, timeout=300)
     assert bad.returncode == 1, bad.stderr[-2000:]
+
+
+def test_original_llava_fork_directory(tmp_path, capsys, monkeypatch):
+    """A QueCC-fork checkpoint: the LLM and the tower are compared with transformers, the
+    layout is named, and what transformers cannot run is listed."""
+    from test_llava_original import make_fork_checkpoint
+
+    path = make_fork_checkpoint(str(tmp_path), "qwen2")
+    code, report = _run([path, "--batch", "2", "--pad", "2"], capsys)
+    assert code == 0 and report["ok"], report
+    assert report["layout"] == "llava_original"
+    assert sorted(report["parts"]) == ["llm", "vision_tower"]
+    assert report["not_compared"] == ["multi_modal_projector", "compressor (quecc)"]
+    assert report["parts"]["llm"]["max_abs_diff"] < 1e-4
+    load = hf.load  # a wrong reading of the LLM is caught in its part
+
+    def wrong_load(p, **kw):
+        cfg, params = load(p, **kw)
+        if not hasattr(cfg, "llm"):  # the tower, read on the way
+            return cfg, params
+        return dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, rope_theta=10.0)), params
+
+    monkeypatch.setattr(hf, "load", wrong_load)
+    code, report = _run([path], capsys)
+    assert code == 1 and not report["ok"]
+    assert not report["parts"]["llm"]["ok"] and report["parts"]["vision_tower"]["ok"]

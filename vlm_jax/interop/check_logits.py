@@ -9,6 +9,12 @@ the same inputs (a random image and random token ids unless `--image` / `--promp
 JSON with the max |diff| over valid positions (outputs: logits for LLMs / LLaVA, every hidden
 state and the pooled output for vision towers) and the KL divergence of the next-token
 distributions. Exits 1 when `max|diff| > atol * max(1, max|reference|)` or `KL > kl_tol`.
+The JSON says which layout it read (`"layout"`: "hf" or "llava_original").
+
+transformers has no class for original-LLaVA (or QueCC-fork) checkpoints: for those the LLM
+(the checkpoint's own `model.*` / `lm_head` tensors, which carry transformers' names) and the
+vision tower (`mm_vision_tower`'s directory, or the checkpoint's tower tensors) are compared
+part by part, and `"not_compared"` names what transformers cannot run (projector, QueCC).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +33,7 @@ import numpy as np
 
 from vlm_jax import models
 from vlm_jax.interop import hf, hf_config
+from vlm_jax.interop.safetensors_io import Checkpoint, write_checkpoint
 from vlm_jax.models.config import LLMConfig, ViTConfig, VLMConfig
 from vlm_jax.models.llm import default_positions
 
@@ -199,6 +207,51 @@ def _image(file: str, cfg: ViTConfig, path: str) -> np.ndarray:
     return ((np.asarray(img, np.float32) / 255.0 - mean) / std).astype(np.float32)
 
 
+def _subset(src: Checkpoint, dst: str, prefix: str, skip: tuple[str, ...], config: dict) -> str:
+    """`dst`: the tensors of `src` under `prefix` (stripped), except `skip`, + `config`."""
+    names = [k for k in src.keys() if k.startswith(prefix) and not k.startswith(skip)]
+    read = lambda k: lambda: next(src.iter_tensors([k]))[1]
+    write_checkpoint(dst, [(k[len(prefix):], src.shape(k), read(k)) for k in names], None)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(config, f)
+    return dst
+
+
+def check_original(path: str, cfg: VLMConfig, params: Any, args, atol: float,
+                   kl_tol: float) -> dict:
+    """Part-by-part parity of an original-LLaVA checkpoint against transformers."""
+    ckpt, tower = Checkpoint(path), hf.TOWER_PREFIX
+    with tempfile.TemporaryDirectory() as tmp:
+        # the checkpoint's own config.json (its LLM keys are transformers'), as that LLM
+        family = cfg.llm.family
+        arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[family]
+        config = {**hf.read_config(path), "architectures": [arch], "model_type": family}
+        llm_dir = _subset(ckpt, os.path.join(tmp, "llm"), "", ("model.mm_projector.", tower),
+                          config)
+        source = hf.tower_source(params["vision_tower"])
+        if source is None or not os.path.isdir(source):
+            source = _subset(ckpt, os.path.join(tmp, "tower"), tower[:-len("vision_model.")], (),
+                             hf_config.to_hf(cfg.vision))
+        parts = {}
+        for name, sub_cfg, sub_params, ref_dir in (
+                ("llm", cfg.llm, params["language_model"], llm_dir),
+                ("vision_tower", cfg.vision, params["vision_tower"], source)):
+            ids = (_prompt_ids(path, args.prompt, sub_cfg) if args.prompt and name == "llm"
+                   else None)
+            image = _image(args.image, cfg.vision, path) if args.image else None
+            inputs = make_inputs(sub_cfg, batch=args.batch, text_len=args.text_len, pad=args.pad,
+                                 seed=args.seed, text_ids=ids, image=image)
+            report = compare(run_vlm_jax(sub_cfg, sub_params, inputs),
+                             run_transformers(ref_dir, inputs, args.dtype), inputs.get("valid"))
+            parts[name] = {**report, "ok": within(report, atol, kl_tol)}
+    not_compared = ["multi_modal_projector"]
+    if cfg.compressor.name != "identity":
+        not_compared.append(f"compressor ({cfg.compressor.name})")
+    return {"layout": "llava_original", "parts": parts, "not_compared": not_compared,
+            "max_abs_diff": max(p["max_abs_diff"] for p in parts.values()),
+            "ok": all(p["ok"] for p in parts.values())}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vlm_jax.interop.check_logits",
                                  description=__doc__.split("\n\n")[0])
@@ -220,6 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         jax.config.update("jax_default_matmul_precision", "highest")
     cfg, params = hf.load(args.path)
     cfg = hf_config.with_dtype(cfg, args.dtype)
+    layout = hf_config.architecture(hf.read_config(args.path), args.path)[1]
+    if layout == "llava_original":
+        try:
+            report = check_original(args.path, cfg, params, args, atol, kl_tol)
+        except ImportError as e:
+            print(json.dumps({"error": f"transformers / torch unavailable: {e}"}))
+            return 2
+        print(json.dumps({**report, "atol": atol, "kl_tol": kl_tol}))
+        return 0 if report["ok"] else 1
     vision = cfg.vision if isinstance(cfg, VLMConfig) else cfg
     inputs = make_inputs(
         cfg, batch=args.batch, text_len=args.text_len, pad=args.pad, seed=args.seed,
@@ -233,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     report = compare(ours, ref, inputs.get("valid"))
     ok = within(report, atol, kl_tol)
-    print(json.dumps({**report, "atol": atol, "kl_tol": kl_tol, "ok": ok}))
+    print(json.dumps({"layout": "hf", **report, "atol": atol, "kl_tol": kl_tol, "ok": ok}))
     return 0 if ok else 1
 
 

@@ -172,7 +172,7 @@ def _infer_clip(ckpt: Checkpoint, prefix: str) -> ViTConfig:
                      mlp_dim=shape("encoder.layers.0.mlp.fc1.weight")[0], norm_eps=1e-5)
 
 
-_TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
+TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
 _TOWER_DIR = "vision_tower"  # where `save(..., write_tower=True)` puts the tower
 _TOWER_SOURCES: dict[int, tuple[weakref.ref, str]] = {}
 
@@ -238,7 +238,7 @@ def load_llava_original(path: str, vision_path: str | None = None,
         raise ValueError(f"{where}: architecture {name!r} is not an original-LLaVA checkpoint")
     _require_single_image(d, where)
     ckpt = Checkpoint(path)
-    has_tower = any(k.startswith(_TOWER_PREFIX) for k in ckpt.keys())
+    has_tower = any(k.startswith(TOWER_PREFIX) for k in ckpt.keys())
     tower_dir = vision_path or _local_tower(path, d.get("mm_vision_tower"))
     vision_params = None
     if tower_dir is not None:
@@ -247,7 +247,7 @@ def load_llava_original(path: str, vision_path: str | None = None,
             raise ValueError(f"vision tower {tower_dir!r} holds {type(vcfg).__name__}, not a "
                              "CLIP / SigLIP vision tower")
     elif has_tower:
-        vcfg = _infer_clip(ckpt, _TOWER_PREFIX)
+        vcfg = _infer_clip(ckpt, TOWER_PREFIX)
     else:
         raise ValueError(f"{where}: the checkpoint holds no vision tower and mm_vision_tower="
                          f"{d.get('mm_vision_tower')!r} is not a local directory; pass "
