@@ -333,3 +333,15 @@ def test_identity_original_export_keeps_a_hub_tower_in_the_checkpoint(tmp_path):
     cfg2, params2 = hf.load(out, vision_path=vision_dir)
     assert cfg2 == cfg
     hf_tiny.tree_equal(params2, params)
+
+
+def test_original_export_refuses_what_the_fork_cannot_hold(fork, tmp_path):
+    _, path = fork
+    cfg, params = hf.load(path)
+    for change, match in ((dict(heads=4), "compressor.heads=4: the QueCC fork fixes it to 8"),
+                          (dict(norm_eps=1e-5), "compressor.norm_eps=1e-05")):
+        bad = dataclasses.replace(cfg, compressor=dataclasses.replace(cfg.compressor, **change))
+        with pytest.raises(ValueError, match=match):
+            hf.save(bad, params, str(tmp_path / "x"), format="llava_original")
+    with pytest.raises(ValueError, match="format='llava_original' saves VLMs"):
+        hf.save(cfg.llm, params["language_model"], str(tmp_path / "y"), format="llava_original")

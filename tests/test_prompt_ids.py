@@ -250,3 +250,17 @@ def test_checkpoint_chat_template_matches_apply_chat_template(folders, tmp_path,
 def test_chat_template_errors(folders):
     with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
         ChatEncoder(get_template("chat_template"), HFTokenizer(folders["qwen"]), PLACEHOLDER, V)
+
+
+def test_image_marker_moves_to_the_front_of_its_turn():
+    """LLaVA's preprocessing: `<image>` anywhere in the user text -> "<image>\n" + the rest."""
+    from vlm_jax.data.tokenizer import WordTokenizer
+
+    tok = WordTokenizer()
+    enc = ChatEncoder(get_template("plain"), tok, tok.image_token_id, V)
+    front = enc.conversation([[f"{IMAGE_TOKEN}\nhow many objects are there?", "3"]])
+    for user in (f"how many objects are there? {IMAGE_TOKEN}",
+                 f"how many {IMAGE_TOKEN} objects are there?"):
+        moved = enc.conversation([[user, "3"]])
+        assert (moved.tokens, moved.loss_mask) == (front.tokens, front.loss_mask)
+    assert front.tokens[1:1 + V + 1] == [tok.image_token_id] * V + [tok.token_to_id("\n")]

@@ -361,15 +361,16 @@ def save(cfg: Any, params: Mapping, path: str, *, format: str = "hf",
         if not isinstance(cfg, VLMConfig):
             raise ValueError(f"format='llava_original' saves VLMs; got {type(cfg).__name__}")
         shapes = _check_params(cfg, flat)
+        config = hf_config.original_llava_to_hf(cfg, "")  # checks what the layout can hold
+        vision_tower = vision_tower or tower_source(params["vision_tower"])
         if write_tower:
             vision_tower = _write_tower(cfg, params["vision_tower"], os.path.join(path, _TOWER_DIR))
-        vision_tower = vision_tower or tower_source(params["vision_tower"])
         if vision_tower is None:
             raise ValueError("format='llava_original' records the tower the original code "
                              "opens (mm_vision_tower), and these tower params were not read "
                              "from a directory: pass vision_tower=DIR_OR_HUB_NAME or "
                              "write_tower=True")
-        config = hf_config.original_llava_to_hf(cfg, vision_tower)
+        config["mm_vision_tower"] = vision_tower
         parts = mappings.original_llava_parts(cfg.vision.family, cfg.compressor.name)
         if os.path.isdir(vision_tower):
             parts = parts[1:]
