@@ -7,6 +7,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu is installed (for AOT te
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # tiny scipy fits: threads only cost
 
 import jax  # noqa: E402
 

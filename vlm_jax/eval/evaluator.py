@@ -78,7 +78,9 @@ def evaluate(module: models.VLM, params: Any, loader: data_lib.Loader, *, max_ne
             example = {"answer": meta["answer"][i], "answers": list(meta["answers"][i])}
             records.append({"id": str(meta["id"][i]), "task": task, "family": family,
                             "score": metrics_lib.METRICS[metric](pred, example),
-                            "prediction": pred, "answer": str(meta["answer"][i])})
+                            "prediction": pred, "answer": str(meta["answer"][i]),
+                            "question": tok.decode(arrays["question"][i][
+                                arrays["question_valid"][i]])})
             text_tokens.append(int(n_prompt[i]))
         if 0 < num_examples <= len(records):
             break

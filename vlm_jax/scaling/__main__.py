@@ -1,7 +1,11 @@
 """Command line: fit the law, list the frontier, count FLOPs. Each prints one JSON object.
 
     python -m vlm_jax.scaling fit FILE.csv --text-tokens Q [--budget C] [--plot-dir DIR]
-        [--bounds paper|wide] [--bootstrap N] [--seed S] [--n-unit U] [--v-range LO HI]
+        [--bounds paper|wide] [--mode lsq|huber] [--family F] [--bootstrap N] [--seed S]
+        [--n-unit U] [--v-range LO HI]
+
+`fit` warns on stderr and lists in the JSON (`unidentified`, `warnings`) an exponent the table
+cannot identify (a single N: alpha; a single V: beta) and parameters on a bound.
     python -m vlm_jax.scaling frontier FILE.csv --text-tokens Q [--n-unit U]
     python -m vlm_jax.scaling flops PRESET --text-tokens Q [--compressor NAME --num-tokens V]
         [--question-tokens Q'] [--decode-tokens T] [--causal]
@@ -16,16 +20,25 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 
 from vlm_jax.models import flops as flops_lib
 from vlm_jax.scaling.frontier import pareto_frontier
-from vlm_jax.scaling.law import fit
+from vlm_jax.scaling.law import MODES, fit
+from vlm_jax.scaling.report import verdict
 from vlm_jax.scaling.table import TableError
 
 
 def _fit(args: argparse.Namespace) -> dict:
-    law = fit(args.table, bounds=args.bounds, n_bootstrap=args.bootstrap, seed=args.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        law = fit(args.table, bounds=args.bounds, mode=args.mode, n_bootstrap=args.bootstrap,
+                  seed=args.seed)
+    messages = sorted({str(w.message) for w in caught})
+    for m in messages:  # e.g. a single-V table: beta is not identified
+        print(f"warning: {m}", file=sys.stderr)
     out = law.to_dict()
+    out.update(warnings=messages, verdict=verdict(law, args.family))
     q, v_range = args.text_tokens, tuple(args.v_range)
     out.update(text_tokens=q, tokens_matter_more=law.tokens_matter_more,
                optimal_V=law.optimal_tokens(q, v_range=v_range))
@@ -84,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--budget", type=float, help="FLOPs per query C = 2 N n_unit (Q + V)")
     f.add_argument("--plot-dir", help="write error_vs_flops.png and optimal_tokens.png here")
     f.add_argument("--bounds", choices=["wide", "paper"], default="wide")
+    f.add_argument("--mode", choices=MODES, default="lsq",
+                   help="lsq: least squares on Y; huber: Huber loss (delta 1e-3) on log Y")
+    f.add_argument("--family", help="task family (reasoning | ocr): compare with the paper")
     f.add_argument("--bootstrap", type=int, default=200, help="resamples for 95%% intervals")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--n-unit", type=float, default=1.0,

@@ -2,11 +2,18 @@
 
     Y(N, V) = A * N^(-alpha) * V^(-beta) + D,     Y = 1 - score (the error)
 
-`fit(table)` is bounded least squares over all rows. For fixed (alpha, beta) the model is linear
-in (A, D), so the start is an exact search: a grid over (alpha, beta) with the box-constrained
-best (A, D) solved in closed form at every grid point; `scipy.optimize.least_squares` then
-refines all four parameters inside the bounds. Parameters that end on a bound are flagged, and
-a bootstrap over the rows gives 95% percentile intervals.
+`fit(table)` fits all rows in one of two modes. For fixed (alpha, beta) the model is linear in
+(A, D), so both start from an exact search: a grid over (alpha, beta) with the box-constrained
+least-squares (A, D) solved in closed form at every grid point.
+- `mode="lsq"` (default): least squares on Y; `scipy.optimize.least_squares` refines all four
+  parameters inside the bounds from the best grid point.
+- `mode="huber"`: the robust fit of Chinchilla-style practice (Hoffmann et al. 2022; Besiroglu
+  et al. 2024): the Huber loss (delta 1e-3) of log Y_hat - log Y, minimised by bounded L-BFGS
+  from the best few grid points (ranked by that loss).
+Both report whether the optimiser converged and flag parameters that end on a bound; a
+bootstrap over the rows gives 95% percentile intervals (beta / alpha included), and a
+leave-one-point-out refit predicts every row from the others (`loo_rms`). Reported parameters
+are never rounded.
 
 Units: N as in the table (the paper uses billions of parameters); a FLOPs budget C given to
 `optimal_tokens` is in the matching unit, C = 2 N (Q + V).
@@ -23,7 +30,7 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 
-from vlm_jax.scaling.table import check_law_table, read_table
+from vlm_jax.scaling.table import TableError, check_law_table, read_table
 
 PARAMS = ("A", "alpha", "beta", "D")
 
@@ -63,8 +70,11 @@ def _model(x: np.ndarray, log_n: np.ndarray, log_v: np.ndarray) -> np.ndarray:
     return a * np.exp(-alpha * log_n - beta * log_v) + d
 
 
-def _grid_start(log_n, log_v, y, bounds, size: int) -> np.ndarray:
-    """Best (A, alpha, beta, D) on a (alpha, beta) grid, (A, D) exact per grid point."""
+def _grid_candidates(log_n, log_v, y, bounds, size: int) -> np.ndarray:
+    """Every (alpha, beta) grid point with its box-constrained least-squares (A, D).
+
+    Returns `[size * size, 4]` rows (A, alpha, beta, D), (A, D) exact per exponent pair.
+    """
     alphas = np.linspace(*bounds["alpha"], size)
     betas = np.linspace(*bounds["beta"], size)
     f = np.exp(-alphas[:, None, None] * log_n - betas[None, :, None] * log_v)  # [a, b, n]
@@ -92,17 +102,47 @@ def _grid_start(log_n, log_v, y, bounds, size: int) -> np.ndarray:
         d = np.full_like(sff, d_fix)
         cands.append((np.clip((sfy - d * sf) / sff, a_lo, a_hi), d))
     losses = np.stack([loss(a, d) for a, d in cands])  # [5, a, b]
-    c, i, j = np.unravel_index(np.argmin(losses), losses.shape)
-    return np.array([cands[c][0][i, j], alphas[i], betas[j], cands[c][1][i, j]])
+    best = np.argmin(losses, axis=0)  # the best (A, D) candidate per exponent pair
+    a_best = np.take_along_axis(np.stack([c[0] for c in cands]), best[None], 0)[0]
+    d_best = np.take_along_axis(np.stack([c[1] for c in cands]), best[None], 0)[0]
+    al, be = np.meshgrid(alphas, betas, indexing="ij")
+    return np.stack([a_best, al, be, d_best], axis=-1).reshape(-1, 4)
 
 
-def _fit_core(n_: np.ndarray, v_: np.ndarray, y: np.ndarray, bounds: dict,
-              grid_size: int) -> tuple[np.ndarray, float]:
-    """(A, alpha, beta, D), mean squared residual."""
+def _huber_log(x: np.ndarray, log_n, log_v, log_y, delta: float) -> tuple[float, np.ndarray]:
+    """Sum of Huber(log Y_hat - log Y) / delta and its gradient in (A, alpha, beta, D)."""
+    a, alpha, beta, d = x
+    f = np.exp(-alpha * log_n - beta * log_v)
+    y_hat = np.maximum(a * f + d, 1e-300)
+    r = np.log(y_hat) - log_y
+    small = np.abs(r) <= delta
+    loss = np.where(small, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum() / delta
+    g = np.clip(r, -delta, delta) / delta / y_hat  # d loss / d y_hat
+    grad = np.array([(g * f).sum(), -(g * a * f * log_n).sum(), -(g * a * f * log_v).sum(),
+                     g.sum()])
+    return float(loss), grad
+
+
+@dataclasses.dataclass(frozen=True)
+class _Solution:
+    x: np.ndarray
+    loss: float  # the mode's own objective (mean squared residual, or mean Huber / delta)
+    converged: bool
+    message: str
+
+
+def _fit_core(n_: np.ndarray, v_: np.ndarray, y: np.ndarray, bounds: dict, grid_size: int,
+              mode: str = "lsq", delta: float = 1e-3, starts: int = 5) -> _Solution:
+    """Fits (A, alpha, beta, D) in `mode` (see module docstring)."""
     log_n, log_v = np.log(n_), np.log(v_)
-    x0 = _grid_start(log_n, log_v, y, bounds, grid_size)
+    grid = _grid_candidates(log_n, log_v, y, bounds, grid_size)
     lb = np.array([bounds[p][0] for p in PARAMS])
     ub = np.array([bounds[p][1] for p in PARAMS])
+    if mode == "huber":
+        return _fit_huber(grid, log_n, log_v, np.log(y), lb, ub, delta, starts)
+    sse = ((grid[:, 0:1] * np.exp(-grid[:, 1:2] * log_n - grid[:, 2:3] * log_v) + grid[:, 3:4]
+            - y) ** 2).sum(1)
+    x0 = grid[int(np.argmin(sse))]
 
     def residuals(x):
         return _model(x, log_n, log_v) - y
@@ -111,16 +151,39 @@ def _fit_core(n_: np.ndarray, v_: np.ndarray, y: np.ndarray, bounds: dict,
         f = np.exp(-x[1] * log_n - x[2] * log_v)
         return np.stack([f, -x[0] * f * log_n, -x[0] * f * log_v, np.ones_like(f)], axis=1)
 
-    best = x0
+    best, converged, message = x0, False, "grid optimum (the refinement failed)"
     try:
         res = scipy.optimize.least_squares(residuals, np.clip(x0, lb, ub), jac=jac,
                                            bounds=(lb, ub), method="dogbox", x_scale=1.0,
                                            ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=2000)
+        converged, message = bool(res.status > 0), str(res.message)
         if np.mean(res.fun**2) <= np.mean(residuals(x0) ** 2):
             best = res.x
     except (ValueError, np.linalg.LinAlgError):  # degenerate table: keep the exact grid optimum
         pass
-    return best, float(np.mean(residuals(best) ** 2))
+    return _Solution(best, float(np.mean(residuals(best) ** 2)), converged, message)
+
+
+def _fit_huber(grid, log_n, log_v, log_y, lb, ub, delta: float, starts: int) -> _Solution:
+    """Bounded L-BFGS on the Huber loss of log errors from the `starts` best grid points."""
+    r = np.log(np.maximum(grid[:, 0:1] * np.exp(-grid[:, 1:2] * log_n - grid[:, 2:3] * log_v)
+                          + grid[:, 3:4], 1e-300)) - log_y
+    h = np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum(1)
+    order = np.argsort(h, kind="stable")[:starts]
+    best = _Solution(grid[order[0]], float(h[order[0]] / delta / log_y.size), False,
+                     "grid optimum (no L-BFGS run improved on it)")
+    scale = np.maximum(np.abs(grid[order[0]]), 1e-3)  # L-BFGS sees parameters of order 1
+    for i in order:
+        fun = lambda z: (lambda lg: (lg[0], lg[1] * scale))(
+            _huber_log(z * scale, log_n, log_v, log_y, delta))
+        res = scipy.optimize.minimize(fun, np.clip(grid[i], lb, ub) / scale, jac=True,
+                                      method="L-BFGS-B", bounds=list(zip(lb / scale, ub / scale)),
+                                      options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
+        loss = float(res.fun) / log_y.size
+        if loss < best.loss - 1e-15 or (not best.converged and loss <= best.loss):
+            best = _Solution(np.clip(res.x * scale, lb, ub), loss, bool(res.success),
+                             str(res.message))
+    return best
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,11 +194,24 @@ class Law:
     alpha: float
     beta: float
     D: float
-    loss: float = math.nan  # mean squared residual of Y over the fitted rows
+    loss: float = math.nan  # the mode's objective: mean squared residual / mean Huber / delta
     intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     on_bound: tuple[str, ...] = ()
     n_points: int = 0
     bounds: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    mode: str = "lsq"
+    converged: bool = True
+    message: str = ""
+    rmse: float = math.nan  # root mean squared residual of Y over the fitted rows
+    loo_rms: float = math.nan  # RMS of the leave-one-point-out prediction errors of Y
+    loo_errors: tuple[float, ...] = ()  # per row: Y predicted without that row - Y
+    unidentified: dict[str, str] = dataclasses.field(default_factory=dict)  # param -> why
+    ratio_interval: tuple[float, ...] = ()  # 95% bootstrap interval of beta / alpha
+
+    @property
+    def ratio(self) -> float:
+        """beta / alpha (inf when alpha = 0): above 1, tokens matter more at fixed compute."""
+        return self.beta / self.alpha if self.alpha > 0 else math.inf
 
     @property
     def tokens_matter_more(self) -> bool:
@@ -202,9 +278,20 @@ class Law:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (intervals and bounds as [lo, hi] lists)."""
         return {"A": self.A, "alpha": self.alpha, "beta": self.beta, "D": self.D,
-                "loss": self.loss, "n_points": self.n_points, "on_bound": list(self.on_bound),
+                "beta/alpha": _finite_or_none(self.ratio),
+                "beta/alpha_interval": [_finite_or_none(r) for r in self.ratio_interval],
+                "mode": self.mode, "converged": self.converged,
+                "message": self.message, "loss": self.loss, "rmse": self.rmse,
+                "loo_rms": self.loo_rms, "loo_errors": list(self.loo_errors),
+                "n_points": self.n_points, "on_bound": list(self.on_bound),
+                "unidentified": dict(self.unidentified),
                 "intervals": {k: [float(a), float(b)] for k, (a, b) in self.intervals.items()},
                 "bounds": {k: [float(a), float(b)] for k, (a, b) in self.bounds.items()}}
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no infinity: beta / alpha with alpha = 0 is written as null."""
+    return float(value) if math.isfinite(value) else None
 
 
 def _check_query(text_tokens: float, v_range) -> tuple[float, tuple[float, float]]:
@@ -216,24 +303,46 @@ def _check_query(text_tokens: float, v_range) -> tuple[float, tuple[float, float
     return float(text_tokens), (lo, hi)
 
 
+MODES = ("lsq", "huber")
+
+
 def fit(table: Any, *, bounds: str | Mapping[str, tuple[float, float]] = "wide",
-        n_bootstrap: int = 200, seed: int = 0, grid_size: int = 81) -> Law:
+        mode: str = "lsq", delta: float = 1e-3, n_bootstrap: int = 200, seed: int = 0,
+        grid_size: int = 81, leave_one_out: bool = True) -> Law:
     """Fits the law to rows `(N, V, score)` (list, array `[n, 3]`, dicts or CSV path).
 
     bounds: 'wide' (default), 'paper' (the paper's reference grid, docs/algorithms.md section 3)
     or {name: (lo, hi)}.
-    n_bootstrap: row resamples for the 95% intervals (0: no intervals). Raises `TableError`
-    on a malformed table; warns (`BoundWarning`) when a parameter ends on a bound.
+    mode: 'lsq' (least squares on Y) or 'huber' (Huber loss, `delta`, on log Y; every error
+    must then be positive). n_bootstrap: row resamples for the 95% intervals (0: none).
+    leave_one_out: refit without each row and report the RMS of its prediction error.
+    Raises `TableError` on a malformed table; warns (`BoundWarning`) when a parameter ends on
+    a bound or a table with a single N (or V) cannot identify alpha (or beta).
     """
+    if mode not in MODES:
+        raise ValueError(f"unknown fit mode {mode!r}; use one of {MODES}")
+    if not delta > 0:
+        raise ValueError(f"the Huber delta must be positive, got {delta}")
     t = read_table(table)
     check_law_table(t, min_points=len(PARAMS))
     b = resolve_bounds(bounds)
     n_, v_, y = t["N"], t["V"], 1.0 - t["score"]
+    if mode == "huber" and np.any(y <= 0):
+        i = int(np.flatnonzero(y <= 0)[0])
+        raise TableError(f"{t.source}: {t.labels[i]} has score 1 (error 0); the huber mode fits "
+                         "log errors, use mode='lsq'")
+    unidentified = {}
     for name, col, p in (("N", n_, "alpha"), ("V", v_, "beta")):
         if np.unique(col).size == 1:
-            warnings.warn(f"every row has the same {name} = {col[0]:g}: {p} is not identified "
-                          "by this table (it trades off against A)", BoundWarning, stacklevel=2)
-    x, loss = _fit_core(n_, v_, y, b, grid_size)
+            unidentified[p] = (f"every row has the same {name} = {col[0]:g}: {p} is not "
+                               "identified by this table (it trades off against A)")
+            warnings.warn(unidentified[p], BoundWarning, stacklevel=2)
+    core = lambda rows, size: _fit_core(n_[rows], v_[rows], y[rows], b, size, mode, delta)
+    sol = core(slice(None), grid_size)
+    x = sol.x
+    if not sol.converged:
+        warnings.warn(f"scaling-law fit ({mode}): the optimiser did not converge ({sol.message})",
+                      BoundWarning, stacklevel=2)
     on_bound = []
     for name, val in zip(PARAMS, x):
         lo, hi = b[name]
@@ -244,12 +353,25 @@ def fit(table: Any, *, bounds: str | Mapping[str, tuple[float, float]] = "wide",
             warnings.warn(f"scaling-law fit: {name} = {val:.4g} is on its {side} bound "
                           f"({lo:g}, {hi:g}); the best fit may lie outside the bounds",
                           BoundWarning, stacklevel=2)
-    intervals = {}
+    intervals, ratio_interval = {}, ()
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, len(y), size=(n_bootstrap, len(y)))
-        boot = np.stack([_fit_core(n_[i], v_[i], y[i], b, min(grid_size, 41))[0] for i in idx])
-        lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
-        intervals = {p: (float(lo[k]), float(hi[k])) for k, p in enumerate(PARAMS)}
-    return Law(*map(float, x), loss=loss, intervals=intervals, on_bound=tuple(on_bound),
-               n_points=len(y), bounds=b)
+        boot = np.stack([core(i, min(grid_size, 41)).x for i in idx])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(boot[:, 1] > 0, boot[:, 2] / boot[:, 1], np.inf)
+        pct = lambda col: tuple(float(q) for q in np.percentile(col, [2.5, 97.5],
+                                                                method="inverted_cdf"))
+        intervals = {p: pct(col) for p, col in zip(PARAMS, boot.T)}
+        ratio_interval = pct(ratio)
+    loo = ()
+    if leave_one_out and len(y) > len(PARAMS):
+        everyone = np.arange(len(y))
+        loo = tuple(float(_model(core(everyone != i, min(grid_size, 41)).x, np.log(n_[i]),
+                                 np.log(v_[i])) - y[i]) for i in everyone)
+    rmse = float(np.sqrt(np.mean((_model(x, np.log(n_), np.log(v_)) - y) ** 2)))
+    return Law(*map(float, x), loss=sol.loss, intervals=intervals, on_bound=tuple(on_bound),
+               n_points=len(y), bounds=b, mode=mode, converged=sol.converged,
+               message=sol.message, rmse=rmse,
+               loo_rms=float(np.sqrt(np.mean(np.square(loo)))) if loo else math.nan,
+               loo_errors=loo, unidentified=unidentified, ratio_interval=ratio_interval)

@@ -1,8 +1,9 @@
 """Scaling-law figures (matplotlib, Agg canvas; no pyplot state, no display needed).
 
-- `plot_error_vs_flops`: measured error vs inference FLOPs, one colour per LLM size, one marker
-  per token count V (also written beside each point), the fitted law along V for every LLM
-  size, and the Pareto-optimal line.
+- `plot_error_vs_flops`: measured error (with standard-error bars) vs inference FLOPs, one colour
+  per LLM size, one marker per token count V (also written beside each point), the fitted law
+  along V for every LLM size with its exponents in the legend, the image-blind prior, and the
+  Pareto-optimal line.
 - `plot_optimal_tokens`: the compute-optimal V* against the text tokens Q of a fitted law.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,12 +35,16 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
 
 
 def plot_error_vs_flops(table: Any, law: Law | None, path: str | os.PathLike, *,
-                        text_tokens: float, n_unit: float = 1.0,
-                        title: str | None = None) -> str:
+                        text_tokens: float, n_unit: float = 1.0, title: str | None = None,
+                        stderr: Sequence[float] | None = None,
+                        blind: Sequence[float | None] | None = None,
+                        intervals: Mapping[str, Sequence[float]] | None = None) -> str:
     """Writes the error-vs-FLOPs figure of `table` (rows N, V, score) to `path` (PNG).
 
     FLOPs per query are `2 N n_unit (Q + V)`; `law` (fitted on the table's N) draws one curve
-    per LLM size (None: points and frontier only). Returns the path written.
+    per LLM size and puts its exponents (with `intervals`, {name: (lo, hi)}) in the legend
+    (None: points and frontier only). `stderr` (per row) draws error bars; `blind` (per row,
+    the image-blind error prior's score) a dotted line at 1 - its mean. Returns the path.
     """
     t = read_table(table)
     check_law_table(t, min_points=1)
@@ -55,8 +61,10 @@ def plot_error_vs_flops(table: Any, law: Law | None, path: str | os.PathLike, *,
         for vi, v in enumerate(tokens):
             sel = rows & (v_ == v)
             if sel.any():
-                ax.scatter(cost[sel], err[sel], color=colours[ci],
-                           marker=_MARKERS[vi % len(_MARKERS)], zorder=3, label=label)
+                ax.errorbar(cost[sel], err[sel], yerr=None if stderr is None else
+                            np.asarray(stderr, float)[sel], color=colours[ci], ls="none",
+                            marker=_MARKERS[vi % len(_MARKERS)], capsize=3, zorder=3,
+                            label=label)
                 label = None
         for x, y, v in zip(cost[rows], err[rows], v_[rows]):
             ax.annotate(f"{v:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -64,6 +72,15 @@ def plot_error_vs_flops(table: Any, law: Law | None, path: str | os.PathLike, *,
             vs = np.geomspace(v_.min(), v_.max(), 100)
             ax.plot(inference_flops(n, vs, text_tokens, n_unit), law.predict(n, vs),
                     color=colours[ci], lw=1, alpha=0.8)
+    known = [b for b in (blind or ()) if b is not None]
+    if known:
+        ax.axhline(1.0 - float(np.mean(known)), color="grey", ls=":", lw=1.2,
+                   label=f"image-blind prior ({1.0 - float(np.mean(known)):.3f})")
+    if law is not None:
+        iv = dict(intervals or {})
+        fmt = lambda k: f"{k}={getattr(law, k):.3g}" + (
+            f" [{iv[k][0]:.2g}, {iv[k][1]:.2g}]" if k in iv else "")
+        ax.plot([], [], color="grey", lw=1, label=f"fit: {fmt('alpha')}, {fmt('beta')}")
     front = pareto_frontier(t, text_tokens=text_tokens, n_unit=n_unit)
     ax.step([r["flops"] for r in front], [r["error"] for r in front], where="post", color="k",
             ls="--", lw=1.2, label="Pareto frontier", zorder=2)

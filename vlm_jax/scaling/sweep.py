@@ -20,18 +20,16 @@ The modes run points (`vlm_jax.modes.train_eval`) and hand `run_sweep` their `ru
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import logging
 import os
 import time
-import warnings
 
 import ml_collections
 
 from vlm_jax.config_args import check_keys
-from vlm_jax.scaling import executors
+from vlm_jax.scaling import executors, report
 from vlm_jax.train.checkpoint import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -246,7 +244,18 @@ def result_row(config: ml_collections.ConfigDict, workdir: str, stages: list[dic
             "prefill_gflops": cost["flops"]["total"] / 1e9, "flops": cost["flops"],
             "train_loss": last["train_loss"], "train_steps": last["final_step"],
             "param_fingerprint": last["param_fingerprint"], "stages": stages,
-            "train_wall_time_s": sum(s["wall_time_s"] for s in stages)}
+            "train_wall_time_s": sum(s["wall_time_s"] for s in stages),
+            **_family_columns(config, result)}
+
+
+def _family_columns(config: ml_collections.ConfigDict, result: dict) -> dict:
+    """`score_<family>`, `stderr_<family>`, `blind_<family>` from the eval's per-question records."""
+    if "records" not in result:
+        return {}
+    from vlm_jax.eval.evaluator import task_table
+    from vlm_jax.eval.families import family_stats
+    metric_of = {t: m for t, (m, _) in task_table(config.get("eval", {})).items()}
+    return family_stats(result["records"], metric_of)
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, run: executors.Run | None = None
@@ -319,66 +328,11 @@ def collect(workdir: str, names: list[str]) -> list[dict]:
     return rows
 
 
-FLAT_KEYS = ("name", "llm", "N", "V", "compressor", "text_tokens", "score", "ttft_ms",
-             "decode_ms_per_token", "prefill_gflops", "train_loss")
-
-
 def tabulate_and_fit(config, workdir: str, rows: list[dict]) -> dict:
-    """Writes results.{csv,json}, fits the law per task family, writes the plots."""
-    from vlm_jax import scaling
-    from vlm_jax.scaling import plots
-
+    """Writes results.{csv,json}, fit.json and the plots (vlm_jax.scaling.report)."""
     families = list(config.sweep.get("families", ("reasoning", "ocr")))
-    write_json_atomic(os.path.join(workdir, "results.json"), rows)
-    fields = list(FLAT_KEYS) + [f"score_{fam}" for fam in families]
-    tmp = os.path.join(workdir, "results.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, **{f"score_{fam}": r["families"].get(fam) for fam in families}})
-    os.replace(tmp, os.path.join(workdir, "results.csv"))
     q = float(config.sweep.get("text_tokens", 0) or sum(r["text_tokens"] for r in rows) / len(rows))
-    fits = {}
-    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
-    for fam in families:
-        table = [(r["N"], r["V"], r["families"][fam]) for r in rows if fam in r["families"]]
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                law = scaling.fit(table)
-            fits[fam] = dict(law.to_dict(), optimal_V=float(law.optimal_tokens(text_tokens=q)),
-                             warnings=[str(c.message) for c in caught])
-            plots.plot_error_vs_flops(table, law, os.path.join(workdir, "plots", f"{fam}_error_vs_flops.png"),
-                                      text_tokens=q)
-            plots.plot_optimal_tokens(law, os.path.join(workdir, "plots", f"{fam}_optimal_tokens.png"))
-        except ValueError as e:  # e.g. too few points for a family: report, do not hide
-            fits[fam] = {"error": str(e)}
-    write_json_atomic(os.path.join(workdir, "fit.json"), fits)
-    return {"points": len(rows), "text_tokens": q, "fits": fits,
-            "table": [{k: r.get(k) for k in FLAT_KEYS} | {fam: r["families"].get(fam) for fam in families}
-                      for r in rows]}
+    return report.tabulate_and_fit(workdir, rows, families, q)
 
 
-def format_summary(summary: dict) -> str:
-    """A plain-text table of the points and the fitted laws."""
-    table = summary["table"]
-    fams = [k for k in summary["fits"]]
-    head = f"{'point':32s} {'N':>10s} {'V':>4s} " + " ".join(f"{f:>9s}" for f in fams) + \
-        f" {'ttft_ms':>8s} {'GFLOPs':>8s}"
-    lines = [head, "-" * len(head)]
-    for r in table:
-        lines.append(f"{r['name']:32s} {r['N']:>10.3g} {r['V']:>4d} "
-                     + " ".join(f"{(r.get(f) or 0):9.3f}" for f in fams)
-                     + f" {r['ttft_ms']:8.2f} {r['prefill_gflops']:8.4f}")
-    lines.append("")
-    for fam, fit in summary["fits"].items():
-        if "error" in fit:
-            lines.append(f"{fam}: fit failed: {fit['error']}")
-            continue
-        lines.append(f"{fam}: alpha={fit['alpha']:.4f} beta={fit['beta']:.4f} A={fit['A']:.4f} "
-                     f"D={fit['D']:.4f} loss={fit['loss']:.2e}  optimal V at Q="
-                     f"{summary['text_tokens']:.0f}: {fit['optimal_V']:.1f}")
-    if "wall_time_s" in summary:
-        lines.append(f"wall time: {summary['wall_time_s']:.0f} s")
-    return "\n".join(lines)
+format_summary = report.format_summary
