@@ -44,7 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data_dir = "~/vlm_jax_data/tfds"
     c.synthetic = ml_collections.ConfigDict(dict(
         resolution=64, num_train=4000, num_validation=500, num_test=500, seed=0,
-        tasks=DEFAULT_TASKS, max_objects=8, ocr_min_len=2, ocr_max_len=4, ocr_scale=0))
+        tasks=DEFAULT_TASKS, max_objects=8, ocr_min_len=2, ocr_max_len=4, ocr_scale=0,
+        ocr_cell=0, eval_tasks=()))
     c.files = ml_collections.ConfigDict({"train": "", "validation": "", "test": ""})
     c.image_folder = ""
     c.task = ""

@@ -32,7 +32,16 @@ OCR_QUESTION = "what is written?"
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """What the suite generates. `ocr_scale` 0 means max(1, resolution // 64)."""
+    """What the suite generates. `ocr_scale` 0 means max(1, resolution // 64).
+
+    `eval_tasks` (empty: `tasks`) are the validation and test splits' tasks, e.g. the train
+    mix without its captions; a task listed twice gets twice the questions.
+
+    `ocr_cell` > 0 puts each OCR character in its own `ocr_cell`-pixel cell of a grid aligned
+    with the image's top-left corner (e.g. the vision tower's patches): a character is then
+    read from one patch, and a compressor that merges patches merges characters. 0: the text
+    sits at any pixel offset, characters one font pixel apart.
+    """
 
     resolution: int = 64
     num_train: int = 4000
@@ -44,13 +53,16 @@ class SyntheticConfig:
     ocr_min_len: int = 2
     ocr_max_len: int = 4
     ocr_scale: int = 0
+    ocr_cell: int = 0
+    eval_tasks: tuple[str, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        unknown = set(self.tasks) - set(TASKS)
-        if unknown or not self.tasks:
-            raise ValueError(f"synthetic.tasks {self.tasks} has unknown task(s) "
-                             f"{sorted(unknown)} or is empty; known: {TASKS}")
+        for key in ("tasks", "eval_tasks"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+            unknown = set(getattr(self, key)) - set(TASKS)
+            if unknown or (key == "tasks" and not self.tasks):
+                raise ValueError(f"synthetic.{key} {getattr(self, key)} has unknown task(s) "
+                                 f"{sorted(unknown)} or is empty; known: {TASKS}")
         if not 16 <= self.resolution <= 1024:
             raise ValueError(f"synthetic.resolution must be in [16, 1024], got {self.resolution}")
         if not 2 <= self.max_objects <= scenes.GRID**2:
@@ -60,13 +72,25 @@ class SyntheticConfig:
             raise ValueError(f"need 1 <= ocr_min_len <= ocr_max_len, got {self.ocr_min_len}, "
                              f"{self.ocr_max_len}")
         w, _ = glyphs.text_size("X" * self.ocr_max_len, self.text_scale)
-        if w > self.resolution - 2:
+        if self.ocr_cell:
+            gw, gh = glyphs.GLYPH_W * self.text_scale, glyphs.GLYPH_H * self.text_scale
+            if self.ocr_cell < max(gw, gh) + 1 or self.ocr_cell * self.ocr_max_len > \
+                    self.resolution:
+                raise ValueError(f"synthetic.ocr_cell = {self.ocr_cell} px must hold a glyph "
+                                 f"({gw}x{gh} px at scale {self.text_scale}) with a margin, "
+                                 f"and {self.ocr_max_len} cells must fit in "
+                                 f"{self.resolution} px")
+        elif w > self.resolution - 2:
             raise ValueError(f"{self.ocr_max_len} characters at scale {self.text_scale} are "
                              f"{w} px wide: more than a {self.resolution} px image holds")
 
     @property
     def text_scale(self) -> int:
         return self.ocr_scale or max(1, self.resolution // 64)
+
+    def split_tasks(self, split: str) -> tuple[str, ...]:
+        """The tasks of `split`, taken in turn: `eval_tasks` (when set) outside train."""
+        return self.tasks if split == "train" or not self.eval_tasks else self.eval_tasks
 
     def num_examples(self, split: str) -> int:
         return {"train": self.num_train, "validation": self.num_validation,
@@ -82,6 +106,14 @@ def _ocr(rng: np.random.Generator, cfg: SyntheticConfig):
     fg = tuple(int(v) for v in rng.integers(0, 70, size=3))
     image = np.empty((res, res, 3), np.uint8)
     image[:] = bg
+    if cfg.ocr_cell:
+        cell, cells = cfg.ocr_cell, res // cfg.ocr_cell
+        row, col = int(rng.integers(cells)), int(rng.integers(cells - n + 1))
+        gw, gh = glyphs.GLYPH_W * scale, glyphs.GLYPH_H * scale
+        for i, ch in enumerate(text):  # one character per cell, centred in it
+            glyphs.render_text(image, ch, (col + i) * cell + (cell - gw) // 2,
+                               row * cell + (cell - gh) // 2, scale, fg)
+        return image, text
     w, h = glyphs.text_size(text, scale)
     x, y = int(rng.integers(1, res - w)), int(rng.integers(1, res - h))
     glyphs.render_text(image, text, x, y, scale, fg)
@@ -93,8 +125,9 @@ def generate_example(cfg: SyntheticConfig, split: str, index: int) -> dict[str, 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
     rng = np.random.default_rng((cfg.seed, SPLITS[split], index))
-    task = cfg.tasks[index % len(cfg.tasks)]
-    stratum = index // len(cfg.tasks)
+    split_tasks = cfg.split_tasks(split)
+    task = split_tasks[index % len(split_tasks)]
+    stratum = index // len(split_tasks)
     if task == "ocr":
         image, text = _ocr(rng, cfg)
         objs, question, answer, caption = [], OCR_QUESTION, text, f"the text {text}."

@@ -3,9 +3,10 @@
     builder = prepare_synthetic(SyntheticConfig(resolution=64), data_dir)  # idempotent
     source = builder.as_data_source(split="train")  # random access, for grain
 
-The builder config's name encodes every generation parameter, so different settings never
-share a directory. Features: image uint8 `[R, R, 3]` (PNG), id, question, answer, answers
-(list), task, caption, scene (JSON of the objects). Examples are serialized with sorted
+The builder config's name encodes every generation parameter and a hash of the generator's
+source, so different settings, or a changed generator, never share a directory. Features:
+image uint8 `[R, R, 3]` (PNG), id, question, answer, answers (list), task, caption, scene
+(JSON of the objects). Examples are serialized with sorted
 feature keys, so regenerating with the same config writes identical bytes.
 """
 
@@ -14,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pathlib
 from unittest import mock
 
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
+from vlm_jax.data import glyphs, scenes, synthetic, tasks
 from vlm_jax.data.synthetic import SyntheticConfig, generate_example
 
 VERSION = "1.0.0"
@@ -31,9 +34,19 @@ class SyntheticVqaConfig(tfds.core.BuilderConfig):
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
 
 
+def generator_digest() -> str:
+    """A hash of the generator's source (synthetic, tasks, scenes, glyphs): a data dir written
+    by an older generator is never mistaken for this one's."""
+    h = hashlib.sha256()
+    for module in (synthetic, tasks, scenes, glyphs):
+        h.update(pathlib.Path(module.__file__).read_bytes())
+    return h.hexdigest()
+
+
 def config_name(cfg: SyntheticConfig) -> str:
-    """e.g. 'r64_n4000-500-500_s0_1a2b3c4d' (the hash covers every field)."""
+    """e.g. 'r64_n4000-500-500_s0_1a2b3c4d' (the hash covers every field and the generator)."""
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    digest.update(generator_digest().encode())
     return (f"r{cfg.resolution}_n{cfg.num_train}-{cfg.num_validation}-{cfg.num_test}"
             f"_s{cfg.seed}_{digest.hexdigest()[:8]}")
 
