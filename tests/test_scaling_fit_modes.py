@@ -119,6 +119,7 @@ def test_family_stats_score_stderr_and_blind():
     assert out["blind_ocr"] == 0.5 and out["n_reasoning"] == 10 and out["n_ocr"] == 2
     words = {"red", "circle", "square", "star"}
     assert question_type("What color is the square?", words) == "what color is the _"
+    assert question_type("are there more circles than stars?", words) == "are there more _ than _"
     with pytest.raises(ValueError, match=r"record 0 lacks \['question'\]"):
         family_stats([{"task": "t", "family": "f", "score": 1, "answer": "a"}], {})
 

@@ -4,9 +4,11 @@ A family's score is the mean of its tasks' mean scores (as `metrics.aggregate` r
 its standard error combines the tasks' sample variances: `sqrt(sum_t var_t / n_t) / T`. The
 blind prior is the best score an answer chosen without the image can reach on the same
 questions: per question type, the single answer that scores best on that type's questions.
-A question's type is its text with every word that is an answer of some record masked (the
-suite's answers are its colours, shapes, sizes, counts, ...: "what color is the circle?" and
-"what color is the square?" are one type), so the prior cannot memorise individual questions.
+A question's type is its text with every word that is an answer of some record (or its plural)
+masked (the suite's answers are its colours, shapes, sizes, counts, ...: "what color is the
+circle?" and "what color is the square?" are one type), so the prior cannot memorise
+individual questions. With few questions per type the prior is biased upwards (the best of
+several answers on a small sample), which only makes a comparison against it stricter.
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ from vlm_jax.eval import metrics as metrics_lib
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+def _is_answer_word(word: str, answer_words: set[str]) -> bool:
+    """An answer word or its plural ("circles" when "circle" is an answer)."""
+    return word in answer_words or (word.endswith("s") and word[:-1] in answer_words) or (
+        word.endswith("es") and word[:-2] in answer_words)
+
+
 def question_type(question: str, answer_words: set[str]) -> str:
-    """`question` with answer words replaced by '_' (lower case, punctuation dropped)."""
-    return " ".join("_" if w in answer_words else w for w in _WORD.findall(question.lower()))
+    """`question` with answer words (and their plurals) replaced by '_' (lower case,
+    punctuation dropped)."""
+    return " ".join("_" if _is_answer_word(w, answer_words) else w
+                    for w in _WORD.findall(question.lower()))
 
 
 def blind_scores(records: Sequence[Mapping], metric_of: Mapping[str, str]) -> dict[str, float]:
