@@ -10,12 +10,10 @@ import sys
 
 import numpy as np
 import pytest
+from test_scaling import LAWS, REPO, SIZES, TOKENS, synthetic, write_csv
 
 from vlm_jax.eval.families import family_stats, question_type
-from vlm_jax.scaling import BoundWarning, Law, TableError, fit
-from vlm_jax.scaling import report
-
-from test_scaling import LAWS, REPO, SIZES, TOKENS, synthetic, write_csv
+from vlm_jax.scaling import BoundWarning, Law, TableError, fit, report
 
 
 @pytest.mark.parametrize("params", LAWS)
