@@ -10,8 +10,8 @@ top of the image). Methods, at equal budgets where they compete:
 
 - in-LLM schedules ranked by attention: FastV, PyramidDrop, P-Sigmoid (Bayesian optimisation
   under an average-token budget), G-Search;
-- in-LLM selections without an attention map, at the same layer and count: DART and its
-  random-keep control;
+- (not yet in this table: DART and the random-keep control exist as token scores in
+  `vlm_jax.pruning.selection`, tested, but are not wired through the decoder's hook yet);
 - before the LLM, at the same token count: VisionZip and uniform pooling.
 
 Cost of each row: per-layer visual tokens, equivalent tokens (their mean over layers),
@@ -40,7 +40,7 @@ from vlm_jax.eval import generate
 from vlm_jax.eval.evaluator import evaluate, load_run
 from vlm_jax.models import flops as flops_lib
 from vlm_jax.models.vlm import VLM
-from vlm_jax.pruning import prellm, report, schedules, selection
+from vlm_jax.pruning import prellm, report, schedules
 from vlm_jax.pruning.forward import PruneSpec
 from vlm_jax.pruning.gsearch import EvalCache, default_grid, g_search
 from vlm_jax.pruning.psigmoid import psigmoid_search
@@ -153,9 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n_calib", type=int, default=320, help="validation questions (searches)")
     ap.add_argument("--n_score", type=int, default=-1, help="test questions (-1: all)")
     ap.add_argument("--budget", type=int, default=36, help="visual tokens kept by the "
-                    "equal-budget methods (DART, random, VisionZip, pooling, FastV)")
-    ap.add_argument("--layer", type=int, default=1, help="layer K where DART / random / "
-                    "FastV prune")
+                    "equal-budget methods (VisionZip, pooling, FastV)")
+    ap.add_argument("--layer", type=int, default=1, help="layer K where FastV prunes")
     ap.add_argument("--psigmoid_budget", type=float, default=0.3, help="P-Sigmoid average "
                     "kept fraction")
     ap.add_argument("--trials", type=int, default=8)
@@ -209,10 +208,6 @@ def main(argv: list[str] | None = None) -> dict:
     grid = default_grid(v, tuple(float(x) for x in args.grid.split(",")))
     gs = g_search(calib, depth, v, grid, args.eps)
     add_schedule(f"gsearch eps={args.eps:g}", gs.keep)
-    at_layer = schedules.fastv(depth, v, args.layer, r)
-    for rule in ("dart", "random") if hasattr(selection, "SelectSpec") else ():
-        methods.append(Method(f"{rule} K={args.layer} keep={args.budget}", "selection",
-                              at_layer, plain, selection.SelectSpec(at_layer, rule), v))
     vz = (round(args.budget * 54 / 64), args.budget - round(args.budget * 54 / 64))
     methods.append(Method(f"visionzip {vz[0]}+{vz[1]}", "before-LLM", (args.budget,) * depth,
                           prellm.VisionZipVLM(cfg, dominant=vz[0], contextual=vz[1]), None,
