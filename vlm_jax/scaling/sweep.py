@@ -249,13 +249,13 @@ def result_row(config: ml_collections.ConfigDict, workdir: str, stages: list[dic
 
 
 def _family_columns(config: ml_collections.ConfigDict, result: dict) -> dict:
-    """`score_<family>`, `stderr_<family>`, `blind_<family>` from the eval's per-question records."""
-    if "records" not in result:
-        return {}
+    """`score_<family>`, `stderr_<family>`, `blind_<family>` from the eval's per-question records
+    of the configured eval tasks (benchmark scores carry their own official metrics instead)."""
     from vlm_jax.eval.evaluator import task_table
     from vlm_jax.eval.families import family_stats
     metric_of = {t: m for t, (m, _) in task_table(config.get("eval", {})).items()}
-    return family_stats(result["records"], metric_of)
+    records = [r for r in result.get("records", ()) if r.get("task") in metric_of]
+    return family_stats(records, metric_of) if records else {}
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, run: executors.Run | None = None
