@@ -19,7 +19,7 @@ sweep: venv  ## the main job: the built-in tiny scaling sweep on CPU
 demo: venv  ## tiny LLaVA-shaped model on one image and prompt
 	JAX_PLATFORMS=cpu $(BIN)/python -m vlm_jax.demo
 
-test: venv  ## the default (fast) test suite
+test: venv  ## the default test suite (README states its time and disk)
 	$(BIN)/ruff check vlm_jax tests configs launch
 	$(BIN)/python -m pytest -q -n 2 tests
 

@@ -181,3 +181,20 @@ def test_unknown_split_and_bad_on_error(folder):
         data.make_source(cfg, "validation")
     with pytest.raises(ValueError, match="on_error"):
         LlavaConversationSource(str(folder / "llava.json"), str(folder), on_error="ignore")
+
+
+def test_malformed_jsonl_line_names_its_line_and_skip_covers_it(folder):
+    good = [json.dumps(_conv("a", "a.png")), json.dumps(_conv("b", "b.png"))]
+    lines = [good[0], "", '{"id": "broken", "conversations": [', "[1, 2]", good[1]]
+    path = folder / "broken.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"'line 3' in .*broken\.jsonl: not valid JSON"):
+        LlavaConversationSource(str(path), str(folder / "images"))
+    src = LlavaConversationSource(str(path), str(folder / "images"), on_error="skip")
+    assert [src[i]["id"] for i in range(len(src))] == ["a", "b"]
+    assert src.skipped == {"bad_format": 2}
+    eval_src = VQAEvalSource(str(path), str(folder / "images"), on_error="skip")
+    assert eval_src.skipped["bad_format"] >= 2
+    (folder / "broken.json").write_text('[{"id": 1},\n {"id": 2')
+    with pytest.raises(ValueError, match=r"broken\.json: not valid JSON .* line 2"):
+        LlavaConversationSource(str(folder / "broken.json"), str(folder / "images"))

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import hf_tiny
@@ -176,3 +177,56 @@ def test_original_llava_unsupported_projector(tmp_path):
                         image_aspect_ratio="anyres", mm_patch_merge_type="spatial_unpad")
     with pytest.raises(ValueError, match="mm_patch_merge_type='spatial_unpad'"):
         hf.load(str(tmp_path), vision_path=clip)
+
+
+def test_truncated_safetensors_names_file_and_tensor(qwen_dir, tmp_path):
+    path = _copy(qwen_dir, tmp_path)
+    file = os.path.join(path, "model.safetensors")
+    with open(file, "r+b") as f:
+        f.truncate(os.path.getsize(file) - 100)
+    with pytest.raises(ValueError, match=r"model\.safetensors is truncated: tensor '.*' ends at "
+                                         r"byte \d+, the file has \d+"):
+        hf.load(path)
+    with open(file, "r+b") as f:
+        f.truncate(5)
+    with pytest.raises(ValueError, match=r"model\.safetensors: truncated or not a safetensors"):
+        hf.load(path)
+
+
+def test_truncated_shard_names_the_shard(qwen_dir, tmp_path):
+    path = _copy(qwen_dir, tmp_path)
+    cfg, params = hf.load(path)
+    sharded = str(tmp_path / "sharded")
+    hf.save(cfg, params, sharded, max_shard_bytes=20_000)
+    shards = sorted(f for f in os.listdir(sharded) if f.startswith("model-"))
+    assert len(shards) > 1
+    last = os.path.join(sharded, shards[-1])
+    with open(last, "r+b") as f:
+        f.truncate(os.path.getsize(last) - 8)
+    with pytest.raises(ValueError, match=re.escape(shards[-1]) + " is truncated"):
+        hf.load(sharded)
+
+
+def test_bad_config_json_names_the_file(qwen_dir, tmp_path):
+    path = _copy(qwen_dir, tmp_path)
+    with open(os.path.join(path, "config.json"), "a") as f:
+        f.write("}")
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        hf.load(path)
+
+
+@pytest.mark.parametrize("value, match", [
+    (np.float32("nan"), r"non-finite value\(s\)"),
+    (None, r"is I32: weights must be floating point")])
+def test_nan_or_integer_weights_are_rejected(qwen_dir, tmp_path, value, match):
+    path = _copy(qwen_dir, tmp_path)
+    name = "model.layers.0.mlp.up_proj.weight"
+
+    def edit(t):
+        if value is None:
+            t[name] = t[name].astype(np.int32)
+        else:
+            t[name][0, 0] = value
+    _edit_tensors(path, edit)
+    with pytest.raises(ValueError, match=re.escape(name) + ".*model\\.safetensors.*" + match):
+        hf.load(path)

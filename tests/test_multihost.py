@@ -208,7 +208,10 @@ def test_two_hosts_agree_with_each_other_and_one_host(tmp_path, sharding, init_f
 
     trainer, init, ref = _reference_run(config, str(tmp_path / "ref"))
     # The checkpoint both hosts wrote their parts of, restored on this one process's 4 devices.
-    saved = ckpt_lib.Checkpoints(workdir).restore(STEPS, trainer.abstract_state)["params"]
+    step, state, _ = ckpt_lib.Checkpoints(workdir, read_only=True).restore_latest(
+        trainer.abstract_state)
+    assert step == STEPS
+    saved = state["params"]
     assert ckpt_lib.fingerprint(saved) == outs[0]["fingerprint"]
     flat_ref = dict(jax.tree_util.tree_leaves_with_path(ref))
     flat_init = dict(jax.tree_util.tree_leaves_with_path(init))

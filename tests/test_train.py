@@ -1,7 +1,10 @@
 """The trainer: resume after SIGKILL, device-count invariance, NaN stop, config errors."""
 
+import glob
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,10 +64,17 @@ def _fingerprint(workdir: str) -> str:
         return json.load(f)["param_fingerprint"]
 
 
-def test_sigkill_resume_matches_uninterrupted_run(tmp_path, data_dir):
-    ref_dir, cut_dir = str(tmp_path / "ref"), str(tmp_path / "cut")
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data_dir):
+    """An uninterrupted run of `_main_cmd` (12 steps, checkpoints every 3)."""
+    ref_dir = str(tmp_path_factory.mktemp("ref") / "run")
     subprocess.run(_main_cmd(ref_dir, data_dir), check=True, cwd=REPO, env=_env(),
                    capture_output=True)
+    return ref_dir
+
+
+def test_sigkill_resume_matches_uninterrupted_run(tmp_path, data_dir, reference_run):
+    ref_dir, cut_dir = reference_run, str(tmp_path / "cut")
     # Start the same run, SIGKILL it once a checkpoint exists and training has moved on.
     proc = subprocess.Popen(_main_cmd(cut_dir, data_dir), cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -86,6 +96,70 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path, data_dir):
     assert _fingerprint(cut_dir) == _fingerprint(ref_dir)
 
 
+def test_reader_polling_a_training_run_leaves_it_intact(tmp_path, data_dir, reference_run):
+    """Eval / demo / pruning open runs read-only: polled while it trains (checkpoints every
+    step, asynchronous), the run finishes with the uninterrupted run's parameters."""
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(_main_cmd(workdir, data_dir) + ["--config.train.ckpt_every=1"],
+                            cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    loads = 0
+    while proc.poll() is None:
+        try:
+            ckpt_lib.Checkpoints(workdir, read_only=True).latest_step()
+            ckpt_lib.load_run(workdir)
+            loads += 1
+        except FileNotFoundError:  # nothing saved yet
+            time.sleep(0.01)
+        except ckpt_lib.CheckpointError:  # every step it saw was removed by the run meanwhile
+            pass
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    assert loads > 0
+    assert _fingerprint(workdir) == _fingerprint(reference_run)
+
+
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_redone(tmp_path, data_dir,
+                                                                   reference_run):
+    """One flipped bit in the newest checkpoint of a finished run: the rerun says so, sets
+    the step aside, resumes from the one before and ends with the uninterrupted parameters."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    os.remove(os.path.join(workdir, "run_summary.json"))
+    data = glob.glob(os.path.join(workdir, "checkpoints/12/state/**/d/*"), recursive=True)
+    big = max(data, key=os.path.getsize)
+    blob = bytearray(open(big, "rb").read())
+    blob[len(blob) // 2] ^= 0x04
+    open(big, "wb").write(bytes(blob))
+    proc = subprocess.run(_main_cmd(workdir, data_dir), cwd=REPO, env=_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint step 12" in proc.stderr and "12.corrupt" in proc.stderr, proc.stderr[-3000:]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "12.corrupt"))
+    assert _fingerprint(workdir) == _fingerprint(reference_run)
+
+
+def test_rerun_of_a_finished_run_keeps_its_results(tmp_path, data_dir, reference_run):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    with open(os.path.join(workdir, "run_summary.json")) as f:
+        before = json.load(f)
+    assert np.isfinite(before["final_metrics"]["loss"])
+    summary = trainer_lib.train(tiny_config(data_dir), workdir)
+    with open(os.path.join(workdir, "run_summary.json")) as f:
+        assert json.load(f) == before == summary
+
+
+def test_resume_with_a_changed_config_lists_the_changes(tmp_path, data_dir, reference_run):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    c = tiny_config(data_dir, batch_size=4, steps=15)
+    c.optim.lr = 0.5
+    with pytest.raises(ValueError, match=r"Changed: optim\.lr: .* -> 0\.5; train\.batch_size: 8 "
+                                         r"-> 4; train\.steps: 12 -> 15\. .*allow_config_change"):
+        trainer_lib.train(c, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "9"]
+
+
 def _gradient_is_zero(name: str) -> bool:
     """Key biases of attention without rotary positions (vision tower, compressors): softmax
     ignores a logit shift shared by all keys, so their gradient is float noise, which Adam
@@ -96,7 +170,7 @@ def _gradient_is_zero(name: str) -> bool:
 
 def test_one_vs_eight_devices_give_equal_parameters(tmp_path, data_dir):
     """The same steps on 1 device and on 8 (dp and fsdp presets) give equal parameters."""
-    from vlm_jax.eval.evaluator import load_run
+    from vlm_jax.train.checkpoint import load_run
     assert len(jax.devices()) == 8
     params = {}
     for name, mesh, preset in (("one", {"data": 1}, "dp"), ("dp8", {"data": -1}, "dp"),
@@ -141,9 +215,45 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, data_dir):
         trainer_lib.train(c, str(tmp_path))
     last = ckpt_lib.Checkpoints(str(tmp_path)).latest_step()
     assert last is not None and f"step {last}" in str(e.value)
-    from vlm_jax.eval.evaluator import load_run
+    from vlm_jax.train.checkpoint import load_run
     params = load_run(str(tmp_path))[1]
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def test_loss_guard_names_a_checkpoint_with_sane_weights(tmp_path, data_dir):
+    """lr 1e6: the loss is still finite after the first update, then explodes. The guard
+    stops the run, sets aside the checkpoints saved from the exploded weights and names the
+    last one whose loss was good."""
+    c = tiny_config(data_dir, steps=8, ckpt_every=1)
+    c.optim.update(lr=1e6, warmup_frac=0.0, clip_norm=0.0)
+    with pytest.raises(trainer_lib.LossDivergedError, match=r"loss is \S+ at step (\d+)") as e:
+        trainer_lib.train(c, str(tmp_path))
+    bad = int(re.search(r"at step (\d+)", str(e.value))[1])
+    last = ckpt_lib.Checkpoints(str(tmp_path)).latest_step()
+    assert last == bad - 2 and f"Last good checkpoint: step {last}" in str(e.value)
+    assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints", f"{bad - 1}.diverged"))
+    params = ckpt_lib.load_run(str(tmp_path))[1]
+    assert max(np.abs(x).max() for x in jax.tree_util.tree_leaves(params)) < 100
+
+
+def test_loss_guard_stops_a_finite_explosion(tmp_path, data_dir):
+    c = tiny_config(data_dir, steps=12, ckpt_every=4)
+    c.optim.update(lr=30.0, warmup_frac=0.0, clip_norm=0.0)
+    with pytest.raises(trainer_lib.LossDivergedError, match=r"diverged: above 10 x the running "
+                                                            r"minimum"):
+        trainer_lib.train(c, str(tmp_path))
+    assert not os.path.exists(os.path.join(str(tmp_path), "run_summary.json"))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("ckpt_every", 0, r"config\.train\.ckpt_every must be a positive integer, got 0"),
+    ("steps", 0, r"config\.train\.steps must be a positive integer, got 0 \(0 would write the "
+                 r"summary of an untrained model\)"),
+    ("log_every", 0, r"config\.train\.log_every must be a positive integer")])
+def test_step_counts_are_checked_up_front(tmp_path, data_dir, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        trainer_lib.train(tiny_config(data_dir, **{key: value}), str(tmp_path))
+    assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))
 
 
 def test_unknown_config_keys_are_errors(tmp_path, data_dir):

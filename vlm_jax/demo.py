@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> dict:
     from vlm_jax.data import synthetic
     from vlm_jax.data.templates import ChatEncoder, get_template
     from vlm_jax.data.transforms import Prepare
-    from vlm_jax.eval.evaluator import load_run
     from vlm_jax.eval.generate import Generator
+    from vlm_jax.train.checkpoint import load_run
 
     if args.workdir:
         config, params = load_run(args.workdir)

@@ -2,10 +2,13 @@
 
 Runs what `config.mode` says (train | eval | train_eval | sweep | prune_search) and resumes from DIR.
 Any config value can be overridden with `--config.KEY=VALUE`; unknown keys are errors.
+`--print_config` prints a config's keys and values (overrides applied) and exits; `--help`
+lists the configs.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -17,13 +20,32 @@ from ml_collections import config_flags  # noqa: E402
 
 from vlm_jax.modes import run  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def configs_help() -> str:
+    """One line per config file beside the package: `configs/NAME.py: first docstring line`."""
+    if not os.path.isdir(CONFIG_DIR):
+        return "a config file defining get_config(arg)"
+    lines = []
+    for name in sorted(os.listdir(CONFIG_DIR)):
+        if name.endswith(".py") and not name.startswith("_"):
+            with open(os.path.join(CONFIG_DIR, name)) as f:
+                doc = ast.get_docstring(ast.parse(f.read())) or ""
+            lines.append(f"  configs/{name}: {doc.splitlines()[0] if doc else ''}")
+    return "\n".join(lines)
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (get_config(arg)), one of:\n" + configs_help()
+    + "\nAdd --print_config to see a config's keys.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
+_PRINT = flags.DEFINE_bool("print_config", False, "Print the config (with overrides) and exit.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() first: every host of a pod runs the "
     "same command (launch/tpu_pod.py). A TPU pod is detected; elsewhere JAX_COORDINATOR_ADDRESS, "
     "VLM_JAX_NUM_PROCESSES and VLM_JAX_PROCESS_ID say where this process stands.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flag_as_required("config")
 
 
 def init_distributed() -> None:
@@ -37,6 +59,11 @@ def init_distributed() -> None:
 
 def main(argv):
     del argv
+    if _PRINT.value:
+        print(_CONFIG.value)
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required (the run directory; resumed if present)")
     if _MULTIHOST.value:
         init_distributed()
     logging.getLogger().setLevel(logging.WARNING)  # orbax / grain / absl chatter

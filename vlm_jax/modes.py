@@ -44,8 +44,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains one stage (resuming) unless its `stage.json` says it is done; returns that record."""
+    from vlm_jax.io import write_json_atomic
     from vlm_jax.scaling import sweep
-    from vlm_jax.train.checkpoint import write_json_atomic
     from vlm_jax.train.trainer import train
 
     record_path = os.path.join(workdir, sweep.STAGE_RECORD)
@@ -70,9 +70,10 @@ def train_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Every stage's inputs are checked before the first compile.
     """
     from vlm_jax import models
-    from vlm_jax.eval.evaluator import evaluate_config, load_run
+    from vlm_jax.eval.evaluator import evaluate_config
+    from vlm_jax.io import write_json_atomic
     from vlm_jax.scaling import param_count, sweep
-    from vlm_jax.train.checkpoint import write_json_atomic
+    from vlm_jax.train.checkpoint import load_run
 
     done = sweep.read_done(os.path.join(workdir, sweep.RESULT))
     if done is not None:

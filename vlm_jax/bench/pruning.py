@@ -35,10 +35,9 @@ import ml_collections
 import numpy as np
 
 from vlm_jax.models.config import CompressorConfig, LLMConfig, ViTConfig, VLMConfig, to_dict
-from vlm_jax.pruning import report, runner, schedules
+from vlm_jax.pruning import report, runner
 from vlm_jax.pruning.forward import PruneSpec
-from vlm_jax.pruning.gsearch import EvalCache, default_grid, g_search
-from vlm_jax.pruning.psigmoid import psigmoid_search
+from vlm_jax.pruning.gsearch import EvalCache
 
 FASTV = "2:0.5,2:0.75,2:0.875,3:0.5"  # K:R settings (FastV paper: K = 2 or 3)
 
@@ -114,19 +113,23 @@ def main(argv=None) -> dict:
     text = int(np.median(np.asarray(calib["valid"]).sum(1))) - v
     timing = {k: np.asarray(x[:args.timing_batch]) for k, x in calib.items() if k != "answers"}
 
-    candidates = [("unpruned", schedules.full(depth, v))]
+    methods = [("unpruned", dict(method="full"))]
     for item in filter(None, args.fastv.split(",")):
         k, r = int(item.split(":")[0]), float(item.split(":")[1])
         if k < depth:
-            candidates.append((f"fastv K={k} R={r:g}", schedules.fastv(depth, v, k, r)))
+            methods.append((f"fastv K={k} R={r:g}", dict(method="fastv", fastv_k=k, fastv_r=r)))
     if args.trials:
-        res = psigmoid_search(metric, depth, v, args.budget * v, n_trials=args.trials,
-                              seed=args.seed)
-        candidates.append((f"psigmoid avg<={args.budget:g}V", res.keep))
+        methods.append((f"psigmoid avg<={args.budget:g}V", dict(
+            method="psigmoid", budget=args.budget, budget_kind="tokens", n_trials=args.trials,
+            seed=args.seed)))
     if args.gsearch:
-        grid = default_grid(v, tuple(float(f) for f in args.grid.split(",")))
-        candidates.append((f"gsearch eps={args.eps:g}", g_search(metric, depth, v, grid,
-                                                                  args.eps).keep))
+        methods.append((f"gsearch eps={args.eps:g}", dict(
+            method="gsearch", grid=(), eps=args.eps,
+            grid_fractions=tuple(float(f) for f in args.grid.split(",")))))
+    candidates = []
+    for name, overrides in methods:  # the pruning runner's own search / schedule per method
+        p = ml_collections.ConfigDict(dict(c.prune.to_dict(), **overrides))
+        candidates.append((name, runner.find_schedule(p, metric, depth, v, text, cfg.llm)[0]))
     specs = {name: None if name == "unpruned" else PruneSpec(keep, args.query, args.impl)
              for name, keep in candidates}
     times = runner.ttft(cfg, params, timing, specs, args.runs)

@@ -37,7 +37,7 @@ import ml_collections
 from vlm_jax import models
 from vlm_jax.bench.load import load_average
 from vlm_jax.eval import generate
-from vlm_jax.eval.evaluator import evaluate, load_run
+from vlm_jax.eval.evaluator import evaluate
 from vlm_jax.models import flops as flops_lib
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import prellm, report, schedules
@@ -45,6 +45,7 @@ from vlm_jax.pruning.forward import PruneSpec
 from vlm_jax.pruning.gsearch import EvalCache, default_grid, g_search
 from vlm_jax.pruning.psigmoid import psigmoid_search
 from vlm_jax.train import data_feed
+from vlm_jax.train.checkpoint import load_run
 
 log = logging.getLogger(__name__)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

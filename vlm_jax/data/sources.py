@@ -79,9 +79,12 @@ class _ListSource:
         self.skipped: collections.Counter = collections.Counter()
         self._items: list[dict] = []
 
-    def _add(self, make, *args) -> None:
+    def _add(self, make, record, *args) -> None:
+        """Adds `make(record, *args)`; `record` may be a DataError from `read_json_records`."""
         try:
-            self._items.append(make(*args))
+            if isinstance(record, DataError):
+                raise record
+            self._items.append(make(record, *args))
         except DataError as e:
             if self.on_error == "raise":
                 raise
@@ -103,17 +106,35 @@ class _ListSource:
         return f"{type(self).__name__}({self.file!r}, {len(self)} records)"
 
 
-def read_json_records(path: str) -> list[dict]:
-    """A json list or a jsonl file of objects."""
+def read_json_records(path: str) -> list[dict | DataError]:
+    """A json list or a jsonl file of objects. A jsonl line that is not a JSON object comes
+    back as a `DataError` naming its line (1-based), for the source's `on_error` policy."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no annotation file {path!r}")
     with open(path) as f:
-        if path.endswith(".jsonl"):
-            rows = [json.loads(line) for line in f if line.strip()]
-        else:
-            rows = json.load(f)
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{path}: expected a list of objects (json) or one object per line")
+        if not path.endswith(".jsonl"):
+            try:
+                rows = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column "
+                                 f"{e.colno})") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError(f"{path}: expected a list of objects (json) or one object per "
+                                 "line (jsonl)")
+            return rows
+        rows = []
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                row = DataError("bad_format", f"line {lineno}", path,
+                                f"not valid JSON ({e.msg} at column {e.colno})")
+            if not isinstance(row, (dict, DataError)):
+                row = DataError("bad_format", f"line {lineno}", path,
+                                f"a {type(row).__name__}, not a JSON object")
+            rows.append(row)
     return rows
 
 

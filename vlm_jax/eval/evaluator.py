@@ -105,22 +105,6 @@ def cost_report(cfg, text_tokens: float, prefill_s: list[float], decode_s: list[
             "batch_size": batch_size, "timed_batches": len(prefill_s)}
 
 
-def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
-    """(config, params) of the latest checkpoint of a training run directory."""
-    import json
-
-    from vlm_jax.train.checkpoint import Checkpoints, restore_numpy
-    ckpts = Checkpoints(workdir, async_save=False)
-    step = ckpts.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no complete checkpoint in {ckpts.directory}")
-    from etils import epath  # local or gs:// workdirs
-    meta = epath.Path(ckpts.directory) / str(step) / "config" / "metadata"
-    config = ml_collections.ConfigDict(json.loads(meta.read_text()))
-    state = restore_numpy(os.path.join(ckpts.directory, str(step), "state"))  # any topology
-    return config, state["params"]
-
-
 def evaluate_config(config: ml_collections.ConfigDict, params: Any) -> dict:
     """Evaluates `params` of the model in `config` on `config.eval`."""
     ecfg = ml_collections.ConfigDict(dict(default_config(), **dict(config.get("eval", {}))))
@@ -137,7 +121,8 @@ def evaluate_config(config: ml_collections.ConfigDict, params: Any) -> dict:
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """mode=eval: evaluate the latest checkpoint in `workdir` (the config's eval section)."""
-    from vlm_jax.train.checkpoint import write_json_atomic
+    from vlm_jax.io import write_json_atomic
+    from vlm_jax.train.checkpoint import load_run
     _, params = load_run(workdir)
     result = evaluate_config(config, params)
     write_json_atomic(os.path.join(workdir, "eval.json"), {k: v for k, v in result.items()})

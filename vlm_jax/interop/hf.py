@@ -32,6 +32,7 @@ from flax import traverse_util
 from vlm_jax import models
 from vlm_jax.interop import hf_config, mappings
 from vlm_jax.interop.safetensors_io import Checkpoint, write_checkpoint
+from vlm_jax.io import read_json
 from vlm_jax.models.config import LLMConfig, ViTConfig, VLMConfig
 
 Config = ViTConfig | LLMConfig | VLMConfig
@@ -43,8 +44,7 @@ def read_config(path: str) -> dict[str, Any]:
     file = os.path.join(path, "config.json")
     if not os.path.exists(file):
         raise FileNotFoundError(f"no config.json in {path!r}")
-    with open(file) as f:
-        return json.load(f)
+    return read_json(file)  # a malformed file is an error naming it
 
 
 def param_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:

@@ -26,13 +26,26 @@ _NUMPY_UNSUPPORTED = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4
 
 
 def _header(path: str) -> dict:
-    """The JSON header of one safetensors file (names -> dtype, shape, data_offsets)."""
+    """The JSON header of one safetensors file (names -> dtype, shape, data_offsets); a file
+    too short for its header or its tensors is an error naming the file and tensor."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if n is None or 8 + n > size:
+            raise ValueError(f"{path}: truncated or not a safetensors file ({size} bytes; the "
+                             f"header needs {8 + (n or 0)})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: the safetensors header is not valid JSON ({e})") from None
     header.pop("__metadata__", None)
-    for entry in header.values():
+    for name, entry in header.items():
         entry["start"] = 8 + n + entry["data_offsets"][0]
+        end = 8 + n + entry["data_offsets"][1]
+        if end > size:
+            raise ValueError(f"{path} is truncated: tensor {name!r} ends at byte {end}, the file "
+                             f"has {size}")
     return header
 
 
@@ -94,17 +107,29 @@ class Checkpoint:
                 yield name, self._read(path, name)
 
     def _read(self, path: str, name: str) -> np.ndarray:
+        """One tensor as float32; a non-float or non-finite weight is an error naming it."""
         entry = self._headers[path][name]
+        if not entry["dtype"].startswith(("F", "BF")):
+            raise ValueError(f"tensor {name!r} in {path} is {entry['dtype']}: weights must be "
+                             "floating point")
         special = _NUMPY_UNSUPPORTED.get(entry["dtype"])
         if special is None:
-            with safe_open(path, framework="numpy") as f:
-                return np.asarray(f.get_tensor(name), dtype=np.float32)
-        # numpy has no bfloat16 / float8: read the raw bytes, view them with ml_dtypes.
-        count = int(np.prod(entry["shape"], dtype=np.int64))
-        with open(path, "rb") as raw:
-            raw.seek(entry["start"])
-            data = np.fromfile(raw, dtype=np.dtype(special), count=count)
-        return data.reshape(entry["shape"]).astype(np.float32)
+            try:
+                with safe_open(path, framework="numpy") as f:
+                    arr = np.asarray(f.get_tensor(name), dtype=np.float32)
+            except Exception as e:  # noqa: BLE001 - safetensors' errors name no file
+                raise ValueError(f"{path}: cannot read tensor {name!r}: {e}") from e
+        else:  # numpy has no bfloat16 / float8: read the raw bytes, view them with ml_dtypes
+            count = int(np.prod(entry["shape"], dtype=np.int64))
+            with open(path, "rb") as raw:
+                raw.seek(entry["start"])
+                data = np.fromfile(raw, dtype=np.dtype(special), count=count)
+            arr = data.reshape(entry["shape"]).astype(np.float32)
+        bad = arr.size - int(np.isfinite(arr).sum())
+        if bad:
+            raise ValueError(f"tensor {name!r} in {path} has {bad} non-finite value(s) (NaN or "
+                             f"inf) of {arr.size}")
+        return arr
 
 
 Producer = Callable[[], np.ndarray]

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
+from vlm_jax.io import write_json_atomic
 from vlm_jax.pruning import schedules
 
 MetricFn = Callable[[Sequence[int]], float]
@@ -57,10 +58,7 @@ class EvalCache:
             self.values[key] = float(self.metric_fn(tuple(int(k) for k in keep)))
             self.runs += 1
             if self.path:
-                tmp = f"{self.path}.tmp"
-                with open(tmp, "w") as f:
-                    json.dump(self.values, f)
-                os.replace(tmp, self.path)
+                write_json_atomic(self.path, self.values, indent=None)
         return self.values[key]
 
 

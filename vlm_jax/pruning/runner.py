@@ -5,7 +5,7 @@
 Config keys (defaults in `default_config`; unknown keys are errors):
 - `model`: preset name or model dict, used when `checkpoint` is empty (random init,
   `init_seed`). `checkpoint`: a training run directory (its latest orbax checkpoint and config,
-  via `vlm_jax.eval.evaluator.load_run`) or a Hugging Face directory (`config.json` +
+  via `vlm_jax.train.checkpoint.load_run`, read-only) or a Hugging Face directory (`config.json` +
   safetensors, via `vlm_jax.interop.hf.load`).
 - `calib.source`: "random" (synthetic prompts; `answers` = the unpruned model's greedy answers,
   so accuracy is agreement with it) or "eval" (the training run's eval split through
@@ -28,7 +28,6 @@ a rerun resumes.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 
@@ -38,10 +37,12 @@ import numpy as np
 
 from vlm_jax import models
 from vlm_jax.eval import generate
+from vlm_jax.io import write_json_atomic
 from vlm_jax.pruning import diagnostics, metrics, report, schedules
 from vlm_jax.pruning.forward import PruneSpec
 from vlm_jax.pruning.gsearch import EvalCache, MetricFn, default_grid, g_search
 from vlm_jax.pruning.psigmoid import psigmoid_search
+from vlm_jax.train.checkpoint import load_run
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,6 @@ def load_model(config) -> tuple[models.VLMConfig, dict, ml_collections.ConfigDic
         cfg = models.from_dict(config.model)
         return cfg, models.init_params(cfg, int(config.init_seed)), None
     if os.path.isdir(os.path.join(path, "checkpoints")):  # a run dir also holds a config.json
-        from vlm_jax.eval.evaluator import load_run
         train_cfg, params = load_run(path)
         return models.from_dict(train_cfg.model), params, train_cfg
     if os.path.exists(os.path.join(path, "config.json")):
@@ -148,6 +148,36 @@ def ttft(cfg, params, batch: dict, specs: dict[str, PruneSpec | None], runs: int
     return report.measure_interleaved(fns, runs)
 
 
+def find_schedule(p: ml_collections.ConfigDict, metric: MetricFn, depth: int, v: int, text: int,
+                  llm_cfg, workdir: str | None = None) -> tuple[tuple[int, ...], dict]:
+    """(keep counts per layer, search info) of the method `p` (config.prune) names: searched
+    on `metric` (gsearch, psigmoid; the optuna study is journaled in `workdir` if given) or
+    fixed. `text`: prompt text tokens, for FLOPs budgets."""
+    if p.method == "gsearch":
+        grid = list(p.grid) or default_grid(v, tuple(p.grid_fractions))
+        result = g_search(metric, depth, v, grid, float(p.eps),
+                          log=lambda e: log.info("G-Search %s", e))
+        return result.keep, {"params": result.params, "log": result.log}
+    if p.method == "psigmoid":
+        if p.budget_kind not in ("tokens", "flops"):
+            raise ValueError(f"prune.budget_kind must be 'tokens' or 'flops', got "
+                             f"{p.budget_kind!r}")
+        # budget given as a fraction of the unpruned cost (<= 1) or as an absolute cost
+        cost_fn = schedules.average_kept if p.budget_kind == "tokens" else (
+            lambda keep: report.prefill_flops(llm_cfg, text, v, keep))
+        full_cost = cost_fn(schedules.full(depth, v))
+        budget = float(p.budget) * full_cost if p.budget <= 1 else float(p.budget)
+        storage = None
+        if workdir:
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+            storage = JournalStorage(JournalFileBackend(os.path.join(workdir, "optuna.journal")))
+        result = psigmoid_search(metric, depth, v, budget, cost_fn, int(p.n_trials), p.sampler,
+                                 int(p.seed), storage=storage)
+        return result.keep, {"params": result.params, "log": result.log}
+    return schedules.from_config(p, depth, v), {}
+
+
 def run(config, workdir: str) -> dict:
     """Searches/evaluates the schedule `config.prune` names; returns the report dict."""
     c = checked_config(config)
@@ -159,28 +189,7 @@ def run(config, workdir: str) -> dict:
     metric = EvalCache(metric_fn, os.path.join(workdir, "metric_cache.json"))
     p = c.prune
     text = int(np.median(np.asarray(calib["valid"]).sum(1))) - v
-    flops_of = lambda keep: report.prefill_flops(cfg.llm, text, v, keep)
-    if p.method == "gsearch":
-        grid = list(p.grid) or default_grid(v, tuple(p.grid_fractions))
-        result = g_search(metric, depth, v, grid, float(p.eps),
-                          log=lambda e: log.info("G-Search %s", e))
-        keep, info = result.keep, {"params": result.params, "log": result.log}
-    elif p.method == "psigmoid":
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-        if p.budget_kind not in ("tokens", "flops"):
-            raise ValueError(f"prune.budget_kind must be 'tokens' or 'flops', got "
-                             f"{p.budget_kind!r}")
-        # budget given as a fraction of the unpruned cost (<= 1) or as an absolute cost
-        cost_fn = schedules.average_kept if p.budget_kind == "tokens" else flops_of
-        full_cost = cost_fn(schedules.full(depth, v))
-        budget = float(p.budget) * full_cost if p.budget <= 1 else float(p.budget)
-        storage = JournalStorage(JournalFileBackend(os.path.join(workdir, "optuna.journal")))
-        result = psigmoid_search(metric, depth, v, budget, cost_fn, int(p.n_trials), p.sampler,
-                                 int(p.seed), storage=storage)
-        keep, info = result.keep, {"params": result.params, "log": result.log}
-    else:
-        keep, info = schedules.from_config(p, depth, v), {}
+    keep, info = find_schedule(p, metric, depth, v, text, cfg.llm, workdir)
     schedules.save(os.path.join(workdir, "schedule.json"), keep, method=p.method, **info)
     timing = {k: np.asarray(x[:c.calib.batch_size]) for k, x in calib.items() if k != "answers"}
     name = "task_score" if c.calib.source == "eval" else p.metric
@@ -197,8 +206,7 @@ def run(config, workdir: str) -> dict:
         imp = diagnostics.layer_importance(cfg, params, timing, p.query, "xla")
         tau = diagnostics.kendall_tau_matrix(imp)
         out["kendall_tau_adjacent"] = diagnostics.adjacent_tau(tau)
-        with open(os.path.join(workdir, "kendall_tau.json"), "w") as f:
-            json.dump({"matrix": tau.tolist(), "adjacent": out["kendall_tau_adjacent"]}, f)
-    with open(os.path.join(workdir, "report.json"), "w") as f:
-        json.dump(out, f, indent=1)
+        write_json_atomic(os.path.join(workdir, "kendall_tau.json"),
+                          {"matrix": tau.tolist(), "adjacent": out["kendall_tau_adjacent"]})
+    write_json_atomic(os.path.join(workdir, "report.json"), out, indent=1)
     return out

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from vlm_jax.io import write_json_atomic
 
 
 class ScheduleError(ValueError):
@@ -132,10 +133,7 @@ def from_config(cfg, depth: int, num_visual: int) -> tuple[int, ...]:
 def save(path: str, keep: Sequence[int], **info) -> None:
     """Writes `{"keep": [...], "avg_kept": ..., **info}` as JSON (atomically)."""
     obj = {"keep": [int(k) for k in keep], "avg_kept": average_kept(keep), **info}
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1)
 
 
 def load(path: str, depth: int, num_visual: int) -> tuple[int, ...]:

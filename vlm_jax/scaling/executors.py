@@ -20,7 +20,7 @@ from collections.abc import Callable
 import ml_collections
 
 from vlm_jax import pod
-from vlm_jax.train.checkpoint import write_json_atomic
+from vlm_jax.io import write_json_atomic
 
 Run = Callable[[ml_collections.ConfigDict, str], object]  # (config, workdir) -> result
 

@@ -22,7 +22,7 @@ from vlm_jax import models
 from vlm_jax.data.export import export_suite
 from vlm_jax.data.synthetic import SyntheticConfig
 from vlm_jax.interop import hf
-from vlm_jax.train.checkpoint import write_json_atomic
+from vlm_jax.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 DONE = "assets_done.json"

@@ -20,8 +20,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from vlm_jax.io import write_json_atomic
 from vlm_jax.scaling.law import Law, _finite_or_none, fit
-from vlm_jax.train.checkpoint import write_json_atomic
 
 # Li et al. 2024 (arXiv 2411.03312): for visual reasoning the error falls ~5x faster with LLM
 # size than with visual tokens (alpha ~0.077, beta ~0.015); for OCR-like tasks the reverse.

@@ -29,8 +29,8 @@ import time
 import ml_collections
 
 from vlm_jax.config_args import check_keys
+from vlm_jax.io import write_json_atomic
 from vlm_jax.scaling import executors, report
-from vlm_jax.train.checkpoint import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, run: executors.Ru
     summary["wall_time_s"] = time.time() - t0
     write_json_atomic(os.path.join(workdir, "sweep_summary.json"), summary)
     print(format_summary(summary))
+    print(f"results: {os.path.join(workdir, 'results.csv')} (and results.json), fit: "
+          f"{os.path.join(workdir, 'fit.json')}, plots: {os.path.join(workdir, 'plots')}/",
+          flush=True)
     return summary
 
 

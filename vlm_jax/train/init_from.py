@@ -9,7 +9,6 @@ mismatch or a mapping that copies nothing is an error naming the parameter.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -18,20 +17,15 @@ import numpy as np
 from flax import traverse_util
 
 from vlm_jax import models
-from vlm_jax.train.checkpoint import Checkpoints, restore_numpy
+from vlm_jax.train.checkpoint import load_run
 
 
 def source_params(spec) -> dict:
-    """Params of the latest complete checkpoint in `spec.workdir`, or of `spec.hf`."""
+    """Params of the newest intact checkpoint in `spec.workdir`, or of `spec.hf`."""
     if spec.get("hf"):
         from vlm_jax.interop import hf
         return hf.load(spec.hf)[1]
-    ckpts = Checkpoints(spec.workdir, async_save=False)
-    step = ckpts.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"init_from.workdir {spec.workdir!r} has no complete checkpoint")
-    path = os.path.join(ckpts.directory, str(step), "state")
-    return restore_numpy(path)["params"]  # any source topology, on every host
+    return load_run(spec.workdir)[1]  # read-only; any source topology, on every host
 
 
 def copy_prefixes(dst: dict, src: dict, mapping) -> tuple[dict, int]:

@@ -1,13 +1,16 @@
 """The one trainer: any stage, any token count, one CPU or a pod slice.
 
-`train(config, workdir)` resumes from the latest complete checkpoint in `workdir`, runs to
-`config.train.steps`, and writes `workdir/run_summary.json` (config, final step, final
-metrics, parameter fingerprint).
+`train(config, workdir)` resumes from the newest intact checkpoint in `workdir` (its saved
+config must match, see `config_changes`), runs to `config.train.steps`, and writes
+`workdir/run_summary.json` (config, final step, final metrics, parameter fingerprint). The loss
+guard stops a run whose loss is not finite or has diverged: above `train.max_loss_ratio` times
+its running minimum (floored at 1 nat).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -20,8 +23,10 @@ import ml_collections
 import numpy as np
 import optax
 from clu import metric_writers
+from etils import epath
+from flax import traverse_util
 
-from vlm_jax import sharding
+from vlm_jax import io, sharding
 from vlm_jax.config_args import check_keys
 from vlm_jax.train import checkpoint as ckpt_lib
 from vlm_jax.train import data_feed, init_from, tasks
@@ -30,7 +35,11 @@ from vlm_jax.train.optimizer import make_optimizer, path_str, trainable_mask
 log = logging.getLogger(__name__)
 
 TRAIN_KEYS = {"steps", "batch_size", "log_every", "ckpt_every", "keep_ckpts", "async_ckpt",
-              "seed", "activation_constraints"}
+              "seed", "activation_constraints", "max_loss_ratio", "allow_config_change"}
+# Config keys a resumed run may change: they do not alter the trained parameters.
+RESUME_NEUTRAL = ("mode", "eval", "mesh", "sharding", "llm_name", "executor", "data.data_dir",
+                  "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.async_ckpt",
+                  "train.activation_constraints", "train.allow_config_change")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,11 +49,43 @@ def default_config() -> ml_collections.ConfigDict:
     memory per chip with tp 4, 1.9x more with fsdp alone)."""
     return ml_collections.ConfigDict(dict(
         steps=100, batch_size=8, log_every=10, ckpt_every=50, keep_ckpts=2, async_ckpt=True,
-        seed=0, activation_constraints="auto"))
+        seed=0, activation_constraints="auto",
+        max_loss_ratio=10.0,  # loss guard: diverged above this x the running minimum (0: off)
+        allow_config_change=False))  # resume despite result-altering config changes
 
 
-class NonFiniteLossError(FloatingPointError):
+class LossDivergedError(FloatingPointError):
+    """The loss guard stopped the run (names the step and the last good checkpoint)."""
+
+
+class NonFiniteLossError(LossDivergedError):
     pass
+
+
+def check_train_config(tcfg) -> None:
+    """Positive integer step counts, up front (not a ZeroDivisionError after step 1)."""
+    hints = {"steps": " (0 would write the summary of an untrained model)",
+             "ckpt_every": " (set it to train.steps to save only at the end)"}
+    for key in ("steps", "batch_size", "log_every", "ckpt_every", "keep_ckpts"):
+        value = tcfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.train.{key} must be a positive integer, got {value!r}"
+                             + hints.get(key, ""))
+
+
+def config_changes(saved: dict, new: dict) -> list[str]:
+    """'key: saved -> new' for every result-altering key that differs (RESUME_NEUTRAL keys
+    excluded; values compared as JSON stores them)."""
+    flat_saved = traverse_util.flatten_dict(saved, sep=".")
+    flat_new = traverse_util.flatten_dict(json.loads(json.dumps(new, default=str)), sep=".")
+    changes = []
+    for key in sorted(set(flat_saved) | set(flat_new)):
+        if any(key == n or key.startswith(n + ".") for n in RESUME_NEUTRAL):
+            continue
+        a, b = flat_saved.get(key, "(absent)"), flat_new.get(key, "(absent)")
+        if a != b:
+            changes.append(f"{key}: {a!r} -> {b!r}")
+    return changes
 
 
 def _match_suffix(tree, param_shardings: dict[str, Any], replicated):
@@ -66,6 +107,7 @@ class Trainer:
         """`devices`: the mesh's devices (default `jax.devices()`; launch/aot.py passes a TPU
         topology's devices to compile ahead of time)."""
         check_keys(config.train, TRAIN_KEYS, "train")
+        check_train_config(config.train)
         self.config, self.workdir = config, workdir
         self.task = tasks.make_task(config, vocab_size)
         self.mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
@@ -149,41 +191,83 @@ class Trainer:
         return contextlib.nullcontext()  # constraints are no-ops outside a mesh
 
 
+def _resume_check(config: ml_collections.ConfigDict, workdir: str):
+    """`check_config(saved)` for `Checkpoints.restore_latest`: raises on result-altering
+    changes unless `train.allow_config_change`."""
+    def check(saved: dict) -> None:
+        changes = config_changes(saved, config.to_dict())
+        if not changes:
+            return
+        if config.train.get("allow_config_change", False):
+            log.warning("resuming %s with a changed config (allowed): %s", workdir, changes)
+            return
+        raise ValueError(f"{workdir} was trained with a different config; resuming would mix "
+                         f"two runs. Changed: {'; '.join(changes)}. Use a new --workdir, or "
+                         "pass --config.train.allow_config_change=True to resume anyway")
+    return check
+
+
+def _stop(ckpts: ckpt_lib.Checkpoints, step: int, loss: float, loss_min: float,
+          ratio: float) -> None:
+    """Raises the loss guard's error. The checkpoint of step-1 holds the parameters that gave
+    this loss, so it and any later one are set aside as `<step>.diverged`."""
+    ckpts.wait()
+    aside = [ckpts.set_aside(s, "diverged") for s in ckpts.all_steps() if s >= step - 1]
+    last = ckpts.latest_step()
+    why = ("not finite" if not np.isfinite(loss) else
+           f"diverged: above {ratio:g} x the running minimum {loss_min:.4g}")
+    error = NonFiniteLossError if not np.isfinite(loss) else LossDivergedError
+    raise error(
+        f"loss is {loss} at step {step} ({why}); stopped without saving. "
+        + (f"Set aside the checkpoints saved since the last good loss: {aside}. " if aside else "")
+        + "Last good checkpoint: " + (f"step {last}" if last is not None else "none")
+        + f" in {ckpts.directory}. Lower optim.lr (or raise optim.warmup_frac) and rerun with "
+        "--config.train.allow_config_change=True to resume from it")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs (or resumes) a training run; returns the run summary."""
+    """Runs (or resumes) a training run; returns the run summary. A finished run is not
+    rerun: its summary (and metrics) stay as they were."""
+    check_keys(config.train, TRAIN_KEYS, "train")
+    check_train_config(config.train)
     if "://" not in workdir:  # gs:// (pods): orbax and the writers make what they need
         os.makedirs(workdir, exist_ok=True)
     feed = data_feed.make(config)
     trainer = Trainer(config, workdir, vocab_size=feed.vocab_size)
     tcfg = config.train
+    ratio = float(tcfg.get("max_loss_ratio", 10.0))
     ckpts = ckpt_lib.Checkpoints(workdir, keep=tcfg.keep_ckpts, async_save=tcfg.async_ckpt)
     it = feed.iterator()
-    start = ckpts.latest_step()
-    if start is None:
-        state = trainer.init_state()
-        start = 0
+    found = ckpts.restore_latest(trainer.abstract_state, it, _resume_check(config, workdir))
+    if found is None:
+        state, start, record = trainer.init_state(), 0, {}
     else:
+        start, state, record = found
         log.info("resuming from step %d in %s", start, ckpts.directory)
-        state = ckpts.restore(start, trainer.abstract_state, it)
+    summary_path = os.path.join(workdir, "run_summary.json")
+    if start >= tcfg.steps and epath.Path(summary_path).exists():
+        ckpts.close()
+        return io.read_json(summary_path)  # finished: results are facts, not rewritten
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False)
     if start == 0:
         writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
     config_json = config.to_dict()
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = dict(record.get("metrics", {}))
+    loss_min = float(record.get("loss_min", np.inf))
     t0, first = time.time(), start + 1
 
     def finish(step: int, m: dict) -> None:
         """Checks, logs and checkpoints a dispatched step (blocks until it is done)."""
-        nonlocal metrics
+        nonlocal metrics, loss_min
         loss = float(m["loss"])
-        if not np.isfinite(loss):
-            ckpts.wait()
-            raise NonFiniteLossError(
-                f"loss is {loss} at step {step}; stopped without saving. Last good checkpoint: "
-                f"step {ckpts.latest_step()} in {ckpts.directory}")
-        if step % tcfg.log_every == 0 or step == tcfg.steps:
+        if not np.isfinite(loss) or (ratio > 0 and loss > ratio * max(loss_min, 1.0)):
+            _stop(ckpts, step, loss, loss_min, ratio)
+        loss_min = min(loss_min, loss)
+        logged = step % tcfg.log_every == 0 or step == tcfg.steps
+        if logged or step % tcfg.ckpt_every == 0:
             metrics = {k: float(v) for k, v in m.items()}
+        if logged:
             dt = time.time() - t0
             rate = (step - first + 1) / dt
             metrics.update(steps_per_sec=rate, examples_per_sec=rate * tcfg.batch_size)
@@ -191,7 +275,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             log.info("step %d/%d loss %.4f  %.2f steps/s  %.1f ex/s  ETA %.0fs", step, tcfg.steps,
                      loss, rate, rate * tcfg.batch_size, (tcfg.steps - step) / max(rate, 1e-9))
         if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
-            ckpts.save(step, state, it, config_json)
+            ckpts.save(step, state, it, config_json,
+                       record={"loss": loss, "loss_min": loss_min, "metrics": metrics})
 
     # The next batch is read while the dispatched step runs; a checkpoint step is finished
     # first so the saved iterator state matches the saved parameters.
@@ -213,6 +298,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = {"config": config_json, "final_step": final_step, "final_metrics": metrics,
                "param_fingerprint": ckpt_lib.fingerprint(state["params"])}
     if jax.process_index() == 0:
-        ckpt_lib.write_json_atomic(os.path.join(workdir, "run_summary.json"), summary)
+        io.write_json_atomic(summary_path, summary)
     ckpts.close()
     return summary
