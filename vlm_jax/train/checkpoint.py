@@ -297,16 +297,26 @@ class Checkpoints:
         self.manager.close()
 
 
-def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
-    """(config, params as numpy) of the newest intact checkpoint of a training run directory,
-    read-only (safe while the run trains)."""
+def _latest(workdir: str) -> tuple[Checkpoints, tuple]:
     ckpts = Checkpoints(workdir, read_only=True)
     found = ckpts.restore_latest(None)
     if found is None:
         raise FileNotFoundError(f"no complete checkpoint in {ckpts.directory}")
-    _, state, record = found
+    return ckpts, found
+
+
+def load_params(workdir: str) -> Any:
+    """Params (numpy) of the newest intact checkpoint of a run directory, read-only (safe
+    while the run trains); the checkpoint need not hold a config (init_from's case)."""
+    return _latest(workdir)[1][1]["params"]
+
+
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
+    """(config, params as numpy) of the newest intact checkpoint of a training run directory,
+    read-only (safe while the run trains)."""
+    ckpts, (step, state, record) = _latest(workdir)
     if record.get("config") is None:
-        raise CheckpointError(f"{ckpts.step_dir(found[0])} holds no config")
+        raise CheckpointError(f"{ckpts.step_dir(step)} holds no config")
     return ml_collections.ConfigDict(record["config"]), state["params"]
 
 

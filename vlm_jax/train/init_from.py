@@ -17,7 +17,7 @@ import numpy as np
 from flax import traverse_util
 
 from vlm_jax import models
-from vlm_jax.train.checkpoint import load_run
+from vlm_jax.train.checkpoint import load_params
 
 
 def source_params(spec) -> dict:
@@ -25,7 +25,7 @@ def source_params(spec) -> dict:
     if spec.get("hf"):
         from vlm_jax.interop import hf
         return hf.load(spec.hf)[1]
-    return load_run(spec.workdir)[1]  # read-only; any source topology, on every host
+    return load_params(spec.workdir)  # read-only; any source topology, on every host
 
 
 def copy_prefixes(dst: dict, src: dict, mapping) -> tuple[dict, int]:
