@@ -8,14 +8,15 @@ from vlm_jax.bench import prefill
 
 def test_tiny_benchmark_agrees_with_transformers_and_reports_the_load():
     s = prefill.main(["--models", "tiny", "--threads", "1", "--repeats", "1", "--batch", "2",
-                      "--text", "8", "--new_tokens", "4"])
+                      "--text", "8", "--new_tokens", "4", "--settle_s", "0", "--rounds", "2"])
     r = s["models"]["tiny"]["threads"]["1"]
+    assert len(r["round_ratios"]) == 2 and len(r["generate"]["round_ratios"]) == 2
     assert r["max_logit_diff"] < 1e-4
     assert r["generate"]["token_agreement"] == 1.0
     for key in ("vlm_jax_ms", "transformers_ms"):
         assert r[key] > 0 and r["generate"][key] > 0
-    for pair in r["load_avg"].values():
-        assert len(pair) == 2 and all(len(load) == 3 for load in pair)
+    for pair in r["load_avg"].values():  # [start, end] of each round's worker
+        assert len(pair) == 4 and all(len(load) == 3 for load in pair)
     assert math.isfinite(s["load_avg_max"])
 
 
@@ -55,3 +56,15 @@ def test_profile_categories_from_the_compiled_prefill():
                                   "fusion") == "attention"
     assert profile.categorize_aten("aten::addmm") == "matmuls"
     assert profile.categorize_aten("aten::_softmax") == "attention"
+
+
+def test_profile_on_one_thread_in_a_child_reports_the_matmul_floor():
+    from vlm_jax.bench import profile
+
+    r = profile.main(["--model", "tiny", "--batch", "1", "--text", "8", "--runs", "1",
+                      "--threads", "1"])
+    assert r["threads"] == 1
+    torch_ms = r["transformers"]
+    assert r["ratio_floor_at_matmul_parity"] == torch_ms["matmuls"] / sum(torch_ms.values())
+    assert 0 < r["ratio_floor_at_matmul_parity"] < 1
+    assert sum(r["vlm_jax"].values()) > 0 and len(r["load_avg"]) == 3

@@ -20,3 +20,18 @@ def warn_if_loaded(load: list[float], what: str) -> None:
     if load[0] > 1:
         warnings.warn(f"{what}: load average {load[0]} > 1 on {os.cpu_count()} cores; the "
                       f"timings are noisy", stacklevel=2)
+
+
+def settle(threshold: float, max_wait_s: float, poll_s: float = 5.0) -> list[float]:
+    """Waits up to `max_wait_s` for the 1-minute load to fall to `threshold` (a benchmark's own
+    previous worker keeps it up for a minute or two); returns the load average then."""
+    import time
+
+    load, start = load_average(), time.monotonic()
+    if load[0] > threshold and max_wait_s > 0:
+        print(f"waiting up to {max_wait_s:.0f} s for the load average ({load[0]}) to fall to "
+              f"{threshold}", flush=True)
+    while load[0] > threshold and time.monotonic() - start < max_wait_s:
+        time.sleep(poll_s)
+        load = load_average()
+    return load

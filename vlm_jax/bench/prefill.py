@@ -1,7 +1,7 @@
 """Prefill and greedy generation: vlm_jax (jit, XLA CPU) vs transformers (torch CPU), same weights.
 
     python -m vlm_jax.bench.prefill [--models 209m,110m] [--threads 1,2,4] [--repeats 5]
-                                    [--batch 4] [--text 64] [--new_tokens 32]
+                                    [--batch 4] [--text 64] [--new_tokens 32] [--rounds 1]
 
 Each model is initialised in vlm_jax, written with `vlm_jax.interop.hf.save`, and both
 frameworks run the same batch (one image + `--text` tokens per row) in separate worker
@@ -15,7 +15,8 @@ Measured: prefill (logits at every position, as `LlavaForConditionalGeneration.f
 `--new_tokens T > 0`, greedy generation of T tokens with the KV cache (`vlm_jax.eval.generate`
 against `generate(do_sample=False)`; no early stop). Timings on a loaded machine are not
 comparable, so every figure is printed with the load average measured around it, a load
-above 1 is warned about, and the benchmark refuses to run where the load cannot be read.
+above 1 is warned about, and the benchmark refuses to run where the load cannot be read. Before
+each worker it waits (`--settle`, `--settle_s`) for the load left by the previous one to decay.
 Prints tables, then one JSON line: per model and thread count `vlm_jax_ms`,
 `transformers_ms`, `ratio` (vlm_jax / transformers) for prefill and generation, the logit and
 token agreement, and the load.
@@ -34,7 +35,7 @@ import time
 
 import numpy as np
 
-from vlm_jax.bench.load import load_average, warn_if_loaded
+from vlm_jax.bench.load import load_average, settle, warn_if_loaded
 
 MODELS = ("209m", "110m")
 
@@ -163,8 +164,9 @@ def _worker_main(args) -> None:
         json.dump(out, f)
 
 
-def _run_worker(d: str, worker: str, threads: int, repeats: int, new_tokens: int) -> dict:
-    load_before = load_average()
+def _run_worker(d: str, worker: str, threads: int, repeats: int, new_tokens: int,
+                settle_load: float = 0.5, settle_s: float = 0.0) -> dict:
+    load_before = settle(settle_load, settle_s)
     subprocess.run([sys.executable, "-m", "vlm_jax.bench.prefill", "--worker", worker,
                     "--dir", d, "--repeats", str(repeats), "--threads", str(threads),
                     "--new_tokens", str(new_tokens)], check=True, env=_worker_env(worker, threads))
@@ -175,21 +177,27 @@ def _run_worker(d: str, worker: str, threads: int, repeats: int, new_tokens: int
 
 
 def compare(results: dict, new_tokens: int) -> dict:
-    """Medians, ratios and agreement of one (model, threads) pair of worker results."""
+    """Medians, ratios and agreement of one (model, threads) pair: `results` maps "jax" and
+    "torch" to their workers' results, one per round (times pooled over the rounds; each
+    round's own ratio kept, as machine speed drifts between rounds)."""
     jx, pt = results["jax"], results["torch"]
-    out = {"vlm_jax_ms": float(np.median(jx["times_ms"])),
-           "transformers_ms": float(np.median(pt["times_ms"])),
-           "max_logit_diff": float(np.max(np.abs(np.asarray(jx["last_logits"])
-                                                 - np.asarray(pt["last_logits"])))),
-           "vlm_jax_peak_rss_mb": jx["peak_rss_mb"], "transformers_peak_rss_mb": pt["peak_rss_mb"],
-           "load_avg": {"vlm_jax": jx["load_avg"], "transformers": pt["load_avg"]}}
+    pooled = lambda runs, key: float(np.median([t for r in runs for t in r[key]]))
+    ratios = lambda key: [float(np.median(a[key]) / np.median(b[key])) for a, b in zip(jx, pt)]
+    out = {"vlm_jax_ms": pooled(jx, "times_ms"), "transformers_ms": pooled(pt, "times_ms"),
+           "max_logit_diff": float(np.max(np.abs(np.asarray(jx[0]["last_logits"])
+                                                 - np.asarray(pt[0]["last_logits"])))),
+           "vlm_jax_peak_rss_mb": jx[0]["peak_rss_mb"],
+           "transformers_peak_rss_mb": pt[0]["peak_rss_mb"],
+           "load_avg": {"vlm_jax": [x for r in jx for x in r["load_avg"]],
+                        "transformers": [x for r in pt for x in r["load_avg"]]},
+           "round_ratios": ratios("times_ms")}
     out["ratio"] = out["vlm_jax_ms"] / out["transformers_ms"]
     if new_tokens:
         out["generate"] = {
-            "vlm_jax_ms": float(np.median(jx["generate_ms"])),
-            "transformers_ms": float(np.median(pt["generate_ms"])),
-            "token_agreement": float(np.mean(np.asarray(jx["generated"])
-                                             == np.asarray(pt["generated"])))}
+            "vlm_jax_ms": pooled(jx, "generate_ms"), "transformers_ms": pooled(pt, "generate_ms"),
+            "token_agreement": float(np.mean(np.asarray(jx[0]["generated"])
+                                             == np.asarray(pt[0]["generated"]))),
+            "round_ratios": ratios("generate_ms")}
         g = out["generate"]
         g["ratio"] = g["vlm_jax_ms"] / g["transformers_ms"]
     return out
@@ -203,6 +211,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--text", type=int, default=64)
     p.add_argument("--new_tokens", type=int, default=32, help="0: prefill only")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="worker pairs per (model, threads), in alternating order")
+    p.add_argument("--settle", type=float, default=0.5,
+                   help="before each worker, wait for the 1-minute load to fall to this")
+    p.add_argument("--settle_s", type=float, default=240.0,
+                   help="... but at most this many seconds (0: do not wait)")
     p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -211,10 +225,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         return _worker_main(args)
     names = [m for m in args.models.split(",") if m]
     threads = [int(t) for t in args.threads.split(",") if t]
-    if not names or not threads or min(threads) < 1 or args.repeats < 1:
-        raise ValueError(f"need models, thread counts >= 1 and --repeats >= 1; got "
-                         f"--models={args.models!r} --threads={args.threads!r} "
-                         f"--repeats={args.repeats}")
+    if not names or not threads or min(threads) < 1 or args.repeats < 1 or args.rounds < 1:
+        raise ValueError(f"need models, thread counts >= 1, --repeats >= 1 and --rounds >= 1; "
+                         f"got --models={args.models!r} --threads={args.threads!r} "
+                         f"--repeats={args.repeats} --rounds={args.rounds}")
     warn_if_loaded(load_average(), "bench.prefill start")
 
     import jax
@@ -232,8 +246,12 @@ def main(argv: list[str] | None = None) -> dict | None:
             hf.save(cfg, jax.device_get(models.init_params(cfg, 0)), d)
             np.savez(os.path.join(d, "inputs.npz"), **make_inputs(cfg, args.batch, args.text))
             for i, n in enumerate(threads):
-                order = ("jax", "torch") if i % 2 == 0 else ("torch", "jax")
-                res = {w: _run_worker(d, w, n, args.repeats, args.new_tokens) for w in order}
+                res = {"jax": [], "torch": []}
+                for r in range(args.rounds):  # ABBA: drift hits both frameworks alike
+                    order = ("jax", "torch") if (i + r) % 2 == 0 else ("torch", "jax")
+                    for w in order:
+                        res[w].append(_run_worker(d, w, n, args.repeats, args.new_tokens,
+                                                  args.settle, args.settle_s))
                 entry["threads"][str(n)] = compare(res, args.new_tokens)
         summary["models"][name] = entry
         print_table(name, entry, args)
@@ -246,17 +264,24 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 def print_table(name: str, entry: dict, args) -> None:
+    """One row per thread count; `load` is the 1-minute load average at each worker's start
+    (max over workers) and at its end (the benchmark's own load)."""
     print(f"\nmodel {name}: {entry['params'] / 1e6:.0f}M parameters, batch {args.batch}, "
           f"{entry['visual_tokens']} visual + {args.text} text tokens, {os.cpu_count()} cores")
     print(f"{'threads':>7s} {'prefill jax ms':>15s} {'torch ms':>9s} {'ratio':>6s} "
-          f"{'gen jax ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'|dlogit|':>9s} {'load 1m':>12s}")
+          f"{'gen jax ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'|dlogit|':>9s} "
+          f"{'load start/end':>15s}  round ratios")
     for n, r in entry["threads"].items():
         g = r.get("generate", {})
-        loads = [x[0] for pair in r["load_avg"].values() for x in pair]
+        loads = [x for pair in r["load_avg"].values() for x in pair]
+        start, end = max(x[0] for x in loads[0::2]), max(x[0] for x in loads[1::2])
+        rounds = " ".join(f"{x:.2f}" for x in r["round_ratios"])
+        if g:
+            rounds += " | gen " + " ".join(f"{x:.2f}" for x in g["round_ratios"])
         print(f"{n:>7s} {r['vlm_jax_ms']:15.1f} {r['transformers_ms']:9.1f} {r['ratio']:6.2f} "
               f"{g.get('vlm_jax_ms', float('nan')):11.1f} "
               f"{g.get('transformers_ms', float('nan')):9.1f} {g.get('ratio', float('nan')):6.2f} "
-              f"{r['max_logit_diff']:9.1e} {min(loads):5.2f}-{max(loads):5.2f}")
+              f"{r['max_logit_diff']:9.1e} {start:7.2f}/{end:<7.2f}  {rounds}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Where prefill time goes, per op category, in vlm_jax (XLA CPU) and transformers (torch CPU).
 
     python -m vlm_jax.bench.profile [--model 209m] [--batch 4] [--text 64] [--runs 3]
+                                    [--threads 1]
 
 The model and inputs are `vlm_jax.bench.prefill`'s (same weights in both frameworks). vlm_jax:
 the jitted prefill runs `--runs` times under `jax.profiler.trace`; each executed HLO op's time is
@@ -10,6 +11,12 @@ forward under `torch.profiler`, self CPU time per aten op, categorised by op nam
 matmuls, attention (scores, softmax, weighted values), norms, rotary, gathers, layout copies,
 other (elementwise, reductions, the rest). Prints both tables (ms per prefill and share), the
 load average around each, and one JSON line.
+
+`--threads N` runs the profile in a child pinned to N cores with N intra-op threads in both
+frameworks (as `bench.prefill`). On one thread the categories add up to the prefill; on more,
+XLA runs independent ops at the same time and their times overlap. The table's last line is the
+floor of the vlm_jax / transformers ratio while vlm_jax's matmuls run at transformers' speed:
+transformers' matmul time over its total (every other op of vlm_jax taken as free).
 """
 
 from __future__ import annotations
@@ -143,7 +150,32 @@ def print_tables(result: dict) -> None:
         print(f"{c:14s} {j:11.1f} {j / tot['vlm_jax']:6.1%} {t:9.1f} "
               f"{t / tot['transformers']:6.1%}")
     print(f"{'total':14s} {tot['vlm_jax']:11.1f} {'':6s} {tot['transformers']:9.1f}")
+    print(f"ratio floor at matmul parity: {matmul_floor(result):.2f}")
     print(f"load average: {result['load_avg']}")
+
+
+def matmul_floor(result: dict) -> float:
+    """transformers' matmul time over its total: the lowest vlm_jax / transformers prefill ratio
+    possible while vlm_jax's matmuls are no faster than transformers'."""
+    torch_ms = result["transformers"]
+    return torch_ms["matmuls"] / (sum(torch_ms.values()) or 1.0)
+
+
+def _in_child(argv: list[str] | None, threads: int) -> dict:
+    """This profile rerun in a child process pinned to `threads` cores (thread settings must
+    be in place before either framework starts)."""
+    import subprocess
+    import sys
+
+    from vlm_jax.bench.prefill import _worker_env
+    env = dict(_worker_env("jax", threads), VLM_JAX_PROFILE_THREADS=str(threads))
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "result.json")
+        argv = sys.argv[1:] if argv is None else argv
+        subprocess.run([sys.executable, "-m", "vlm_jax.bench.profile", *argv,
+                        "--json_out", out], check=True, env=env)
+        with open(out) as f:
+            return json.load(f)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -152,7 +184,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--text", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0,
+                   help="profile in a child on this many cores and threads (0: as started)")
+    p.add_argument("--json_out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads and os.environ.get("VLM_JAX_PROFILE_THREADS") != str(args.threads):
+        return _in_child(argv, args.threads)
+    if args.threads:
+        import torch
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:max(1, args.threads)])
+        torch.set_num_threads(args.threads)
     import jax
 
     from vlm_jax import models
@@ -167,10 +208,15 @@ def main(argv: list[str] | None = None) -> dict:
         result["transformers"] = profile_torch(d, inputs, args.runs)
         loads.append(load_average())
     result.update(model=args.model, batch=args.batch, text_tokens=args.text, load_avg=loads,
-                  cpu_count=os.cpu_count())
+                  cpu_count=os.cpu_count(), threads=args.threads or None,
+                  ratio_floor_at_matmul_parity=matmul_floor(result))
     warn_if_loaded([max(x[0] for x in loads)], "bench.profile")
     print_tables(result)
-    print(json.dumps(result, default=lambda x: float(np.asarray(x))))
+    line = json.dumps(result, default=lambda x: float(np.asarray(x)))
+    print(line)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            f.write(line)
     return result
 
 

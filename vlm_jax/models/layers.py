@@ -104,17 +104,39 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
+def _heads_major(q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """q `[B, Lq, H, Dh]`, k `[B, Lk, KV, Dh]` -> `[B, KV, G*Lq, Dh]`, `[B, KV, Lk, Dh]`.
+
+    With heads (and each KV group's queries) outermost, both attention products are plain
+    batched matmuls over `[B, KV]`: no layout copy inside them, on any backend.
+    """
+    b, lq, h, dh = q.shape
+    kv = k.shape[2]
+    qh = q.reshape(b, lq, kv, h // kv, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, -1, dh)
+    return qh, k.transpose(0, 2, 1, 3)
+
+
+def _masked_scores(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Scaled, masked scores `[B, KV, G, Lq, Lk]` float32 (masked: float32 min, so a row with
+    no key attends uniformly instead of producing NaN)."""
+    b, lq, h, dh = q.shape
+    kv, lk = k.shape[2], k.shape[1]
+    qh, kh = _heads_major(q, k)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
+    scores = (scores / jnp.sqrt(jnp.float32(dh))).reshape(b, kv, h // kv, lq, lk)
+    if mask is not None:
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    return scores
+
+
 def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
     """Softmax attention probabilities with grouped heads.
 
     q: `[B, Lq, KV, G, Dh]`, k: `[B, Lk, KV, Dh]`, mask: `[B, Lq, Lk]` bool (True = attend)
     -> `[B, KV, G, Lq, Lk]` float32.
     """
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
-    if mask is not None:
-        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores, axis=-1)
+    b, lq, kv, g, dh = q.shape
+    return jax.nn.softmax(_masked_scores(q.reshape(b, lq, kv * g, dh), k, mask), axis=-1)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
@@ -122,18 +144,24 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
     """Multi-head / grouped-query attention.
 
     q: `[B, Lq, H, Dh]`, k, v: `[B, Lk, KV, Dh]`, mask: `[B, Lq, Lk]` bool -> `[B, Lq, H, Dh]`.
-    `impl="xla"` is plain einsum + softmax; other values go to `jax.nn.dot_product_attention`
-    (e.g. "cudnn" on GPU).
+    `impl="xla"`: heads-major batched matmuls, the softmax normalised after the value product
+    (`exp(s - max) @ v / sum`: the `[Lq, Lk]` probabilities are never divided, one pass less
+    over the largest array; equal to softmax-then-product up to float32 rounding). Other values
+    go to `jax.nn.dot_product_attention` (e.g. "cudnn" on GPU).
     """
     b, lq, h, dh = q.shape
-    kv = k.shape[2]
+    kv, lk = k.shape[2], k.shape[1]
     if impl != "xla":
         m = None if mask is None else mask[:, None]
         return jax.nn.dot_product_attention(q, k, v, mask=m, implementation=impl)
-    qg = q.reshape(b, lq, kv, h // kv, dh)
-    probs = attention_weights(qg, k, mask).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-    return out.reshape(b, lq, h, dh)
+    scores = _masked_scores(q, k, mask)
+    unnorm = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    total = jnp.sum(unnorm, axis=-1, keepdims=True)  # [B, KV, G, Lq, 1]
+    _, vh = _heads_major(q, v)
+    out = jnp.einsum("bkqs,bksd->bkqd", unnorm.reshape(b, kv, -1, lk).astype(v.dtype), vh,
+                     preferred_element_type=jnp.float32).reshape(b, kv, h // kv, lq, dh)
+    out = (out / total).astype(v.dtype)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, dh)
 
 
 def causal_mask(valid: jax.Array) -> jax.Array:
