@@ -168,3 +168,15 @@ def test_checksum_sees_every_bit_and_ignores_sharding():
     mesh = jax.make_mesh((len(jax.devices()),), ("d",))
     sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
     assert ckpt_lib.state_checksums({"x": sharded})["x"] == base
+
+
+def test_pruning_suite_looks_at_a_run_without_changing_it(run_dir):
+    """The pruning benchmark reads its model's run read-only: a training run's in-progress
+    temporary directory survives its look (a writer's manager would delete it)."""
+    from vlm_jax.bench import pruning_suite
+    os.makedirs(os.path.join(run_dir, "checkpoints", "3.orbax-checkpoint-tmp-99", "state"))
+    before = _snapshot(run_dir)
+    pruning_suite.ensure_trained(run_dir, as_is=True)
+    assert _snapshot(run_dir) == before
+    assert pruning_suite.trained_step(run_dir) == 2
+    assert _snapshot(run_dir) == before
