@@ -180,3 +180,31 @@ def test_pruning_suite_looks_at_a_run_without_changing_it(run_dir):
     assert _snapshot(run_dir) == before
     assert pruning_suite.trained_step(run_dir) == 2
     assert _snapshot(run_dir) == before
+
+
+def test_reader_looks_while_the_writer_removes_old_steps(tmp_path):
+    """orbax lists the steps, then reads each one's metadata; a training run keeping one step
+    removes them in between. Readers retry that look instead of failing with the
+    FileNotFoundError / NotADirectoryError of a step that was just removed."""
+    import threading
+    writer = ckpt_lib.Checkpoints(str(tmp_path), keep=1, async_save=False)
+    writer.save(0, {"params": {"x": jnp.zeros(4)}})
+    stop = threading.Event()
+
+    def train():
+        step = 1
+        while not stop.is_set():
+            writer.save(step, {"params": {"x": jnp.full(4, step)}})
+            step += 1
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    try:  # about 2% of these looks raced a removal before the retry
+        for look in range(400):
+            assert ckpt_lib.Checkpoints(str(tmp_path), read_only=True).latest_step() is not None
+            if look % 20 == 0:  # what eval / demo / pruning read
+                assert ckpt_lib.load_params(str(tmp_path))["x"].shape == (4,)
+    finally:
+        stop.set()
+        thread.join()
+    writer.close()

@@ -103,6 +103,18 @@ def _first_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str | None
     return None
 
 
+def _listing(read: Callable[[], Any], attempts: int = 50) -> Any:
+    """`read()` (orbax listing the steps, then reading each one's metadata), retried while a
+    step vanishes between the two: the training run removed it (`keep`) as a reader looked."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except (FileNotFoundError, NotADirectoryError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
+
+
 class Checkpoints:
     """The checkpoints of one run directory; keeps the last `keep` steps. `read_only=True`
     (readers: eval, demo, pruning): the directory must exist and is never changed."""
@@ -124,10 +136,14 @@ class Checkpoints:
         level = absl_log.level
         absl_log.setLevel(logging.ERROR if read_only else level)
         try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                                 item_handlers=handlers)
+            self.manager = _listing(lambda: ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=handlers))
         finally:
             absl_log.setLevel(level)
+
+    def reload(self) -> None:
+        """Re-reads the list of steps (a writer may have saved or removed some meanwhile)."""
+        _listing(self.manager.reload)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -243,7 +259,7 @@ class Checkpoints:
         failures = []
         tried: set[int] = set()
         while True:
-            self.manager.reload()  # a writer may have saved or removed steps meanwhile
+            self.reload()  # a writer may have saved or removed steps meanwhile
             steps = [s for s in self.all_steps() if s not in tried]
             if not steps:
                 break
@@ -255,7 +271,7 @@ class Checkpoints:
             except CheckpointError as e:
                 if self.read_only:
                     time.sleep(0.2)  # a writer may be removing it (max_to_keep) right now
-                    self.manager.reload()
+                    self.reload()
                 if step not in self.manager.all_steps():
                     continue  # removed by the training run while we read it: not damage
                 failures.append(str(e))
@@ -287,7 +303,7 @@ class Checkpoints:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"set_aside_{step}")
-        self.manager.reload()
+        self.reload()
         return str(dst)
 
     def wait(self) -> None:
