@@ -89,6 +89,14 @@ def _all_processes(values: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(values))
 
 
+def _innermost(e: BaseException) -> str:
+    """The error at the bottom of a chain, on one line: tensorstore's names the array and the
+    byte range ('Error reading "params.w/0.0" ...'); orbax's wrapper above it dumps a spec."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+
+
 def _first_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     """The first parameter whose presence, shape or dtype differs, in words (None: they fit)."""
     for key in sorted(set(saved) | set(wanted)):
@@ -220,7 +228,7 @@ class Checkpoints:
             state = self.manager.restore(step, args=ocp.args.Composite(state=restore))["state"]
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"checkpoint step {step}: cannot read {state_dir}: "
-                                  f"{type(e).__name__}: {str(e)[:500]}") from e
+                                  f"{_innermost(e)}") from e
         if record is None:
             log.warning("checkpoint step %d has no checksums (written by an older version); "
                         "restored unverified", step)
