@@ -11,6 +11,7 @@ delete or rename anything, so they may look at a run while it trains.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -123,6 +124,18 @@ def _listing(read: Callable[[], Any], attempts: int = 50) -> Any:
             time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def _quiet_orbax(quiet: bool = True):
+    """orbax's absl warnings off (ERROR and above only) inside the block, when `quiet`."""
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR if quiet else level)
+    try:
+        yield
+    finally:
+        absl_log.setLevel(level)
+
+
 class Checkpoints:
     """The checkpoints of one run directory; keeps the last `keep` steps. `read_only=True`
     (readers: eval, demo, pruning): the directory must exist and is never changed."""
@@ -135,19 +148,14 @@ class Checkpoints:
         if read_only and not epath.Path(self.directory).is_dir():
             raise FileNotFoundError(f"{workdir!r} is not a training run: it has no "
                                     f"checkpoints/ directory ({self.directory})")
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
-            read_only=read_only, enable_async_checkpointing=async_save and not read_only)
         handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": grain.PyGrainCheckpointHandler(),
                     "config": ocp.JsonCheckpointHandler(), "record": ocp.JsonCheckpointHandler()}
-        absl_log = logging.getLogger("absl")  # orbax warns that read-only means read-only
-        level = absl_log.level
-        absl_log.setLevel(logging.ERROR if read_only else level)
-        try:
+        with _quiet_orbax(read_only):  # orbax warns that read-only means read-only
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
+                read_only=read_only, enable_async_checkpointing=async_save and not read_only)
             self.manager = _listing(lambda: ocp.CheckpointManager(
                 self.directory, options=options, item_handlers=handlers))
-        finally:
-            absl_log.setLevel(level)
 
     def reload(self) -> None:
         """Re-reads the list of steps (a writer may have saved or removed some meanwhile)."""
@@ -191,7 +199,8 @@ class Checkpoints:
         """The saved state's tree of array metadata (shapes, dtypes)."""
         path = os.path.join(self.step_dir(step), "state")
         try:
-            meta = self.manager.item_metadata(step)["state"]
+            with _quiet_orbax():  # a missing _METADATA: orbax's own warning asks for a registry
+                meta = self.manager.item_metadata(step)["state"]
             return getattr(meta, "tree", meta)
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"checkpoint step {step}: cannot read the array metadata in "
