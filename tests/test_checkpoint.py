@@ -122,6 +122,18 @@ def test_edited_iterator_state_fails_its_checksum(run_dir, caplog):
     _assert_fell_back(run_dir, caplog, "iterator state")
 
 
+def test_missing_record_is_restored_with_a_warning_naming_it(run_dir, caplog):
+    """No record/ (a checkpoint of an older version, or removed): restored, and said so."""
+    import shutil
+    shutil.rmtree(os.path.join(run_dir, "checkpoints/2/record"))
+    with caplog.at_level(logging.WARNING, logger="vlm_jax"):
+        step, state, _ = _restore(run_dir)
+    assert step == 2
+    np.testing.assert_array_equal(state["params"]["w"], _state(2)["params"]["w"])
+    record = os.path.join(run_dir, "checkpoints", "2", "record")
+    assert f"checkpoint step 2 has no {record}" in caplog.text and "unverified" in caplog.text
+
+
 def test_no_intact_checkpoint_is_an_error_listing_each(run_dir):
     for step in (1, 2):
         os.remove(os.path.join(run_dir, f"checkpoints/{step}/state/_METADATA"))

@@ -239,8 +239,9 @@ class Checkpoints:
             raise CheckpointError(f"checkpoint step {step}: cannot read {state_dir}: "
                                   f"{_innermost(e)}") from e
         if record is None:
-            log.warning("checkpoint step %d has no checksums (written by an older version); "
-                        "restored unverified", step)
+            log.warning("checkpoint step %d has no %s (the checksums and metrics: written by "
+                        "an older version, or removed); restored unverified", step,
+                        os.path.join(self.step_dir(step), "record"))
             record = {}
         else:
             got = state_checksums(state)
