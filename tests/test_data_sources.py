@@ -188,7 +188,8 @@ def test_malformed_jsonl_line_names_its_line_and_skip_covers_it(folder):
     lines = [good[0], "", '{"id": "broken", "conversations": [', "[1, 2]", good[1]]
     path = folder / "broken.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"'line 3' in .*broken\.jsonl: not valid JSON"):
+    with pytest.raises(DataError, match=r"'line 3' in .*broken\.jsonl: not valid JSON "
+                                        r"\(Expecting value at column 36\)"):
         LlavaConversationSource(str(path), str(folder / "images"))
     src = LlavaConversationSource(str(path), str(folder / "images"), on_error="skip")
     assert [src[i]["id"] for i in range(len(src))] == ["a", "b"]

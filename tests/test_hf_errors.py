@@ -207,6 +207,24 @@ def test_truncated_shard_names_the_shard(qwen_dir, tmp_path):
         hf.load(sharded)
 
 
+def test_header_offsets_that_disagree_with_the_shape_name_the_tensor(qwen_dir, tmp_path):
+    """A header whose data_offsets hold fewer bytes than the tensor's shape (before: the
+    first tensor read was blamed, or numpy's 'cannot reshape array of size 14')."""
+    path = _copy(qwen_dir, tmp_path)
+    file = os.path.join(path, "model.safetensors")
+    raw = open(file, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    name = "model.layers.1.input_layernorm.weight"
+    header[name]["data_offsets"][1] -= 8
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    open(file, "wb").write(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor '" + re.escape(name)
+                       + r"' is F32\[\d+\] \(\d+ bytes\) but its header's data_offsets span"):
+        hf.load(path)
+
+
 def test_bad_config_json_names_the_file(qwen_dir, tmp_path):
     path = _copy(qwen_dir, tmp_path)
     with open(os.path.join(path, "config.json"), "a") as f:

@@ -55,3 +55,12 @@ def test_smoke_sweep_resumes_after_sigkill_without_redoing_points(tmp_path):
     assert "reasoning:" in out.stdout and "wall time" in out.stdout
     assert os.path.exists(os.path.join(work, "results.csv"))
     assert any(f.endswith(".png") for f in os.listdir(os.path.join(work, "plots")))
+    # it ends saying where everything went, and the frontier CLI reads its own table
+    assert (f"results: {work}/results.csv (and results.json), fit: {work}/fit.json, plots: "
+            f"{work}/plots/") in out.stdout.splitlines()[-1]
+    fr = subprocess.run([sys.executable, "-m", "vlm_jax.scaling", "frontier",
+                         os.path.join(work, "results.csv"), "--text-tokens", "10"], cwd=REPO,
+                        env=env, capture_output=True, text=True)
+    assert fr.returncode == 0, fr.stderr[-2000:]
+    frontier = json.loads(fr.stdout)["frontier"]
+    assert frontier and {r["name"] for r in frontier} <= {r["name"] for r in rows}

@@ -74,10 +74,14 @@ def _mtime(path) -> float:
     return os.path.getmtime(path)
 
 
-def test_two_stage_point_resumes_per_stage_and_keeps_results(tmp_path, data_dir):
+def test_two_stage_point_resumes_per_stage_and_keeps_results(tmp_path, data_dir, capsys):
     c = two_stage_config(data_dir)
     work = tmp_path / "point"
     row = modes.train_eval(c, str(work))
+    where = (f"result: {work / 'result.json'} (the table row), scores: {work / 'eval.json'}, "
+             f"training: {work / 'align' / 'run_summary.json'}, "
+             f"{work / 'tune' / 'run_summary.json'}")
+    assert capsys.readouterr().out.splitlines()[-1] == where  # it ends saying where
     align, tune = work / "align" / "stage.json", work / "tune" / "stage.json"
     rec = [json.loads(p.read_text()) for p in (align, tune)]
     assert [s["name"] for s in row["stages"]] == ["align", "tune"]
@@ -91,6 +95,7 @@ def test_two_stage_point_resumes_per_stage_and_keeps_results(tmp_path, data_dir)
     # A rerun of the finished point keeps its metrics: nothing is rewritten.
     stamp = _mtime(work / "result.json")
     assert modes.train_eval(c, str(work)) == row and _mtime(work / "result.json") == stamp
+    assert capsys.readouterr().out.splitlines()[-1] == where
 
     # Killed during its eval: the stages are not redone and the train loss is kept.
     stamps = (_mtime(align), _mtime(tune))

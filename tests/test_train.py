@@ -109,7 +109,8 @@ def test_reader_polling_a_training_run_leaves_it_intact(tmp_path, data_dir, refe
             ckpt_lib.Checkpoints(workdir, read_only=True).latest_step()
             ckpt_lib.load_run(workdir)
             loads += 1
-        except FileNotFoundError:  # nothing saved yet
+        except FileNotFoundError as e:  # nothing saved yet (not a step removed meanwhile)
+            assert re.search("not a training run|no complete checkpoint", str(e)), e
             time.sleep(0.01)
         except ckpt_lib.CheckpointError:  # every step it saw was removed by the run meanwhile
             pass

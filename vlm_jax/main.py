@@ -24,7 +24,8 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 
 def configs_help() -> str:
-    """One line per config file beside the package: `configs/NAME.py: first docstring line`."""
+    """One entry per config file beside the package: `configs/NAME.py: the docstring's first
+    paragraph` (a first line may end mid-sentence)."""
     if not os.path.isdir(CONFIG_DIR):
         return "a config file defining get_config(arg)"
     lines = []
@@ -32,7 +33,7 @@ def configs_help() -> str:
         if name.endswith(".py") and not name.startswith("_"):
             with open(os.path.join(CONFIG_DIR, name)) as f:
                 doc = ast.get_docstring(ast.parse(f.read())) or ""
-            lines.append(f"  configs/{name}: {doc.splitlines()[0] if doc else ''}")
+            lines.append(f"  configs/{name}: {' '.join(doc.split(chr(10) * 2)[0].split())}")
     return "\n".join(lines)
 
 

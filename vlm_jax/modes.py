@@ -78,6 +78,7 @@ def train_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     done = sweep.read_done(os.path.join(workdir, sweep.RESULT))
     if done is not None:
         log.info("train_eval: %s is finished; its result is kept", workdir)
+        _print_where(workdir, sweep.stage_configs(config, workdir))
         return done
     stages = sweep.stage_configs(config, workdir)
     sweep.check_inputs(stages, planned=tuple(d for _, _, d in stages))
@@ -98,4 +99,13 @@ def train_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     row = sweep.result_row(config, workdir, records, result, param_count(cfg.llm), cfg)
     write_json_atomic(os.path.join(workdir, "eval.json"), result)
     write_json_atomic(os.path.join(workdir, sweep.RESULT), row)
+    _print_where(workdir, stages)
     return row
+
+
+def _print_where(workdir: str, stages) -> None:
+    """The last line of a train_eval: where its row, scores and training records are."""
+    from vlm_jax.scaling import sweep
+    trained = ", ".join(os.path.join(d, "run_summary.json") for _, _, d in stages)
+    print(f"result: {os.path.join(workdir, sweep.RESULT)} (the table row), scores: "
+          f"{os.path.join(workdir, 'eval.json')}, training: {trained}", flush=True)

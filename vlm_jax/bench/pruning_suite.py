@@ -71,14 +71,20 @@ def bench_config() -> ml_collections.ConfigDict:
     return prune_bench.get_config()
 
 
+def trained_step(workdir: str) -> int | None:
+    """The newest committed checkpoint step of a run, looked at read-only (a run that is
+    training meanwhile is left as it is)."""
+    from vlm_jax.train.checkpoint import Checkpoints
+    return Checkpoints(workdir, read_only=True).latest_step()
+
+
 def ensure_trained(workdir: str, as_is: bool = False) -> None:
     """Trains (or resumes) configs/prune_bench.py in `workdir` unless a finished run is there
     (or, with `as_is`, any checkpoint)."""
-    from vlm_jax.train.checkpoint import Checkpoints
     from vlm_jax.train.trainer import train
     config = bench_config()
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
-        done = Checkpoints(workdir, async_save=False).latest_step()
+        done = trained_step(workdir)
         if done is not None and (as_is or done >= config.train.steps):
             return
     logging.getLogger("vlm_jax").setLevel(logging.INFO)
@@ -171,8 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ensure_trained(args.workdir, args.as_is)
     train_cfg, params = load_run(args.workdir)
-    from vlm_jax.train.checkpoint import Checkpoints
-    trained_steps = Checkpoints(args.workdir, async_save=False).latest_step()
+    trained_steps = trained_step(args.workdir)
     params = jax.device_put(params)
     cfg = models.from_dict(train_cfg.model)
     depth, v = cfg.llm.depth, cfg.num_visual_tokens

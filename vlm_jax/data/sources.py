@@ -127,7 +127,7 @@ def read_json_records(path: str) -> list[dict | DataError]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))  # columns within this line
             except json.JSONDecodeError as e:
                 row = DataError("bad_format", f"line {lineno}", path,
                                 f"not valid JSON ({e.msg} at column {e.colno})")

@@ -25,6 +25,10 @@ _NUMPY_UNSUPPORTED = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4
                       "F8_E5M2": ml_dtypes.float8_e5m2}
 
 
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8,
+             "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
 def _header(path: str) -> dict:
     """The JSON header of one safetensors file (names -> dtype, shape, data_offsets); a file
     too short for its header or its tensors is an error naming the file and tensor."""
@@ -43,6 +47,11 @@ def _header(path: str) -> dict:
     for name, entry in header.items():
         entry["start"] = 8 + n + entry["data_offsets"][0]
         end = 8 + n + entry["data_offsets"][1]
+        want = _ITEMSIZE.get(entry["dtype"], 0) * int(np.prod(entry["shape"], dtype=np.int64))
+        if want and end - entry["start"] != want:
+            raise ValueError(f"{path}: tensor {name!r} is {entry['dtype']}{list(entry['shape'])} "
+                             f"({want} bytes) but its header's data_offsets span "
+                             f"{end - entry['start']} bytes")
         if end > size:
             raise ValueError(f"{path} is truncated: tensor {name!r} ends at byte {end}, the file "
                              f"has {size}")

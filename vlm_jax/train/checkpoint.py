@@ -11,6 +11,7 @@ delete or rename anything, so they may look at a run while it trains.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -89,6 +90,14 @@ def _all_processes(values: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(values))
 
 
+def _innermost(e: BaseException) -> str:
+    """The error at the bottom of a chain, on one line: tensorstore's names the array and the
+    byte range ('Error reading "params.w/0.0" ...'); orbax's wrapper above it dumps a spec."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+
+
 def _first_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     """The first parameter whose presence, shape or dtype differs, in words (None: they fit)."""
     for key in sorted(set(saved) | set(wanted)):
@@ -103,6 +112,30 @@ def _first_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str | None
     return None
 
 
+def _listing(read: Callable[[], Any], attempts: int = 50) -> Any:
+    """`read()` (orbax listing the steps, then reading each one's metadata), retried while a
+    step vanishes between the two: the training run removed it (`keep`) as a reader looked."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except (FileNotFoundError, NotADirectoryError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _quiet_orbax(quiet: bool = True):
+    """orbax's absl warnings off (ERROR and above only) inside the block, when `quiet`."""
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR if quiet else level)
+    try:
+        yield
+    finally:
+        absl_log.setLevel(level)
+
+
 class Checkpoints:
     """The checkpoints of one run directory; keeps the last `keep` steps. `read_only=True`
     (readers: eval, demo, pruning): the directory must exist and is never changed."""
@@ -115,19 +148,18 @@ class Checkpoints:
         if read_only and not epath.Path(self.directory).is_dir():
             raise FileNotFoundError(f"{workdir!r} is not a training run: it has no "
                                     f"checkpoints/ directory ({self.directory})")
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
-            read_only=read_only, enable_async_checkpointing=async_save and not read_only)
         handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": grain.PyGrainCheckpointHandler(),
                     "config": ocp.JsonCheckpointHandler(), "record": ocp.JsonCheckpointHandler()}
-        absl_log = logging.getLogger("absl")  # orbax warns that read-only means read-only
-        level = absl_log.level
-        absl_log.setLevel(logging.ERROR if read_only else level)
-        try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                                 item_handlers=handlers)
-        finally:
-            absl_log.setLevel(level)
+        with _quiet_orbax(read_only):  # orbax warns that read-only means read-only
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
+                read_only=read_only, enable_async_checkpointing=async_save and not read_only)
+            self.manager = _listing(lambda: ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=handlers))
+
+    def reload(self) -> None:
+        """Re-reads the list of steps (a writer may have saved or removed some meanwhile)."""
+        _listing(self.manager.reload)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -167,7 +199,8 @@ class Checkpoints:
         """The saved state's tree of array metadata (shapes, dtypes)."""
         path = os.path.join(self.step_dir(step), "state")
         try:
-            meta = self.manager.item_metadata(step)["state"]
+            with _quiet_orbax():  # a missing _METADATA: orbax's own warning asks for a registry
+                meta = self.manager.item_metadata(step)["state"]
             return getattr(meta, "tree", meta)
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"checkpoint step {step}: cannot read the array metadata in "
@@ -204,10 +237,11 @@ class Checkpoints:
             state = self.manager.restore(step, args=ocp.args.Composite(state=restore))["state"]
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"checkpoint step {step}: cannot read {state_dir}: "
-                                  f"{type(e).__name__}: {str(e)[:500]}") from e
+                                  f"{_innermost(e)}") from e
         if record is None:
-            log.warning("checkpoint step %d has no checksums (written by an older version); "
-                        "restored unverified", step)
+            log.warning("checkpoint step %d has no %s (the checksums and metrics: written by "
+                        "an older version, or removed); restored unverified", step,
+                        os.path.join(self.step_dir(step), "record"))
             record = {}
         else:
             got = state_checksums(state)
@@ -243,7 +277,7 @@ class Checkpoints:
         failures = []
         tried: set[int] = set()
         while True:
-            self.manager.reload()  # a writer may have saved or removed steps meanwhile
+            self.reload()  # a writer may have saved or removed steps meanwhile
             steps = [s for s in self.all_steps() if s not in tried]
             if not steps:
                 break
@@ -255,7 +289,7 @@ class Checkpoints:
             except CheckpointError as e:
                 if self.read_only:
                     time.sleep(0.2)  # a writer may be removing it (max_to_keep) right now
-                    self.manager.reload()
+                    self.reload()
                 if step not in self.manager.all_steps():
                     continue  # removed by the training run while we read it: not damage
                 failures.append(str(e))
@@ -287,7 +321,7 @@ class Checkpoints:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"set_aside_{step}")
-        self.manager.reload()
+        self.reload()
         return str(dst)
 
     def wait(self) -> None:
