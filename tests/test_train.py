@@ -190,6 +190,33 @@ def test_one_vs_eight_devices_give_equal_parameters(tmp_path, data_dir):
                                        err_msg=f"{other}: {jax.tree_util.keystr(path)}")
 
 
+def test_optimizer_state_is_sharded_like_its_parameters(data_dir):
+    """On a 4-device fsdp mesh every Adam mu / nu leaf (and, with accumulation, every
+    accumulated gradient) is placed as the parameter it belongs to, lr groups included."""
+    c = tiny_config(data_dir)
+    c.mesh, c.sharding = {"fsdp": 4}, "fsdp"
+    c.optim.update(grad_accum=2, lr_groups=((r"vision_tower", 0.1),))
+    trainer = trainer_lib.Trainer(c, "", vocab_size=64)
+    assert trainer.mesh.devices.size == 4
+    params = {jax.tree_util.keystr(p): s for p, s in
+              jax.tree_util.tree_leaves_with_path(trainer.state_shardings["params"])}
+    checked = {"mu": set(), "nu": set(), "acc_grads": set()}
+    state = trainer.init_state()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state["opt_state"]):
+        names = [getattr(k, "name", None) for k in path]
+        slot = next((n for n in checked if n in names), None)
+        if slot is None:
+            assert leaf.sharding.is_fully_replicated, jax.tree_util.keystr(path)
+            continue
+        param = jax.tree_util.keystr(path[names.index(slot) + 1:])
+        assert leaf.sharding.spec == params[param].spec, (jax.tree_util.keystr(path),
+                                                          leaf.sharding.spec, params[param].spec)
+        checked[slot].add(param)
+    assert all(found == set(params) for found in checked.values()), {
+        k: len(v) for k, v in checked.items()}
+    assert sum("fsdp" in s.spec for s in params.values()) > 10  # the check is not vacuous
+
+
 def test_train_step_applies_activation_sharding_constraints(data_dir):
     """The step is traced under the mesh, so `nn.with_logical_constraint` is live: its
     constraints are in the lowered program; "off" drops them, as "auto" does without tensor

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import time
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,7 +29,7 @@ from vlm_jax import io, sharding
 from vlm_jax.config_args import check_keys
 from vlm_jax.train import checkpoint as ckpt_lib
 from vlm_jax.train import data_feed, init_from, tasks
-from vlm_jax.train.optimizer import make_optimizer, path_str, trainable_mask
+from vlm_jax.train.optimizer import make_optimizer, trainable_mask
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +87,6 @@ def config_changes(saved: dict, new: dict) -> list[str]:
     return changes
 
 
-def _match_suffix(tree, param_shardings: dict[str, Any], replicated):
-    """Sharding for optimiser-state leaves: that of the parameter whose path ends theirs."""
-    def pick(path, _):
-        p = path_str(path)
-        for name, s in param_shardings.items():
-            if p == name or p.endswith("/" + name):
-                return s
-        return replicated
-    return jax.tree_util.tree_map_with_path(pick, tree)
-
-
 class Trainer:
     """Holds the compiled step, shardings and state for one run (see module docstring)."""
 
@@ -128,10 +116,13 @@ class Trainer:
         self.trainable = trainable_mask(abstract, frozen)
         self.tx = make_optimizer(self.optim_cfg, abstract, config.train.steps)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        by_path = {path_str(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_sh)}
-        opt_abstract = jax.eval_shape(self.tx.init, abstract)
+        # optax maps over the boxed params, so every param-shaped state leaf (Adam mu / nu,
+        # accumulated gradients) keeps its param's logical axes; counts are replicated.
+        opt_boxed = jax.eval_shape(self.tx.init, boxed)
+        opt_abstract = nn.meta.unbox(opt_boxed)
         self.state_shardings = {"step": replicated, "params": param_sh,
-                                "opt_state": _match_suffix(opt_abstract, by_path, replicated)}
+                                "opt_state": sharding.logical_shardings(opt_boxed, self.mesh,
+                                                                        self.rules)}
         self.abstract_state = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract,
