@@ -68,9 +68,20 @@ def _fingerprint(workdir: str) -> str:
 def reference_run(tmp_path_factory, data_dir):
     """An uninterrupted run of `_main_cmd` (12 steps, checkpoints every 3)."""
     ref_dir = str(tmp_path_factory.mktemp("ref") / "run")
-    subprocess.run(_main_cmd(ref_dir, data_dir), check=True, cwd=REPO, env=_env(),
-                   capture_output=True)
+    proc = subprocess.run(_main_cmd(ref_dir, data_dir), check=True, cwd=REPO, env=_env(),
+                          capture_output=True, text=True)
+    with open(os.path.join(os.path.dirname(ref_dir), "main.log"), "w") as f:
+        f.write(proc.stderr)
     return ref_dir
+
+
+def test_main_logs_loss_progress_and_eta(reference_run):
+    """Every log_every (1) steps: the loss, and clu's progress note (rate, share done, ETA)."""
+    with open(os.path.join(os.path.dirname(reference_run), "main.log")) as f:
+        log = f.read()
+    assert len(re.findall(r"step \d+/12 loss \d+\.\d+", log)) == 12, log[-2000:]
+    notes = re.findall(r"work unit notes: [\d.]+ steps/s, [\d.]+% \((\d+)/12\), ETA", log)
+    assert [int(n) for n in notes] == list(range(1, 13)), log[-2000:]
 
 
 def test_sigkill_resume_matches_uninterrupted_run(tmp_path, data_dir, reference_run):

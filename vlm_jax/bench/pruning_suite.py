@@ -75,13 +75,14 @@ def ensure_trained(workdir: str, as_is: bool = False) -> None:
     """Trains (or resumes) configs/prune_bench.py in `workdir` unless a finished run is there
     (or, with `as_is`, any checkpoint)."""
     from vlm_jax.train.checkpoint import Checkpoints
-    from vlm_jax.train.trainer import train
+    from vlm_jax.train.trainer import show_progress_notes, train
     config = bench_config()
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
         done = Checkpoints(workdir, async_save=False).latest_step()
         if done is not None and (as_is or done >= config.train.steps):
             return
     logging.getLogger("vlm_jax").setLevel(logging.INFO)
+    show_progress_notes()
     print(f"training the pruning benchmark model into {workdir} "
           f"({config.train.steps} steps; progress every {config.train.log_every})", flush=True)
     config.mode = "train"

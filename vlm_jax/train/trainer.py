@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 
 import flax.linen as nn
 import jax
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
 from etils import epath
 from flax import traverse_util
 
@@ -51,6 +50,21 @@ def default_config() -> ml_collections.ConfigDict:
         seed=0, activation_constraints="auto",
         max_loss_ratio=10.0,  # loss guard: diverged above this x the running minimum (0: off)
         allow_config_change=False))  # resume despite result-altering config changes
+
+
+_PROGRESS_NOTE = "Setting work unit notes: %s"  # how clu's local work unit logs its notes
+
+
+def _progress_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.msg == _PROGRESS_NOTE
+
+
+def show_progress_notes() -> None:
+    """Shows the trainer's progress notes (clu logs them through absl at INFO) and, of absl's
+    other records (orbax, grain), only warnings and errors."""
+    absl_logger = logging.getLogger("absl")
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.addFilter(_progress_or_warning)  # once: the same filter is not added twice
 
 
 class LossDivergedError(FloatingPointError):
@@ -246,7 +260,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_json = config.to_dict()
     metrics: dict[str, float] = dict(record.get("metrics", {}))
     loss_min = float(record.get("loss_min", np.inf))
-    t0, first = time.time(), start + 1
+    # steps/s, % done and ETA every log_every steps: logged as the work unit's notes and
+    # written (steps_per_sec, uptime) beside the metrics.
+    progress = periodic_actions.ReportProgress(num_train_steps=tcfg.steps, writer=writer,
+                                               every_steps=tcfg.log_every, every_secs=None)
+    progress(start)  # the first call only starts the clock
 
     def finish(step: int, m: dict) -> None:
         """Checks, logs and checkpoints a dispatched step (blocks until it is done)."""
@@ -259,12 +277,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if logged or step % tcfg.ckpt_every == 0:
             metrics = {k: float(v) for k, v in m.items()}
         if logged:
-            dt = time.time() - t0
-            rate = (step - first + 1) / dt
-            metrics.update(steps_per_sec=rate, examples_per_sec=rate * tcfg.batch_size)
             writer.write_scalars(step, metrics)
-            log.info("step %d/%d loss %.4f  %.2f steps/s  %.1f ex/s  ETA %.0fs", step, tcfg.steps,
-                     loss, rate, rate * tcfg.batch_size, (tcfg.steps - step) / max(rate, 1e-9))
+            log.info("step %d/%d loss %.4f", step, tcfg.steps, loss)
+        progress(step)
         if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
             ckpts.save(step, state, it, config_json,
                        record={"loss": loss, "loss_min": loss_min, "metrics": metrics})
