@@ -306,3 +306,12 @@ def test_unknown_config_keys_are_errors(tmp_path, data_dir):
     proc = subprocess.run(_main_cmd(str(tmp_path / "c"), data_dir) + ["--config.train.nope=1"],
                           cwd=REPO, env=_env(), capture_output=True, text=True)
     assert proc.returncode != 0 and "nope" in proc.stderr
+
+
+def test_config_values_of_the_wrong_type_are_errors(tmp_path, data_dir):
+    """The locked defaults check types too: the error names the key."""
+    c = tiny_config(data_dir)
+    c.train = ml_collections.ConfigDict(dict(c.train.to_dict(), steps="12"))
+    with pytest.raises(ValueError, match=r"config\.train\.steps: .*<class 'str'>"):
+        trainer_lib.train(c, str(tmp_path))
+    assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))

@@ -16,7 +16,7 @@ import numpy as np
 
 from vlm_jax import data as data_lib
 from vlm_jax import models
-from vlm_jax.config_args import check_keys
+from vlm_jax.config_args import merge_defaults
 from vlm_jax.eval import metrics as metrics_lib
 from vlm_jax.eval.generate import Generator
 from vlm_jax.models import flops as flops_lib
@@ -30,7 +30,6 @@ SYNTHETIC_TASKS = {
     "compare": ("exact_match", "reasoning"), "ocr": ("exact_match", "ocr"),
     "caption": ("exact_match", "caption"),
 }
-EVAL_KEYS = {"split", "batch_size", "max_new_tokens", "num_examples", "tasks"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -107,8 +106,7 @@ def cost_report(cfg, text_tokens: float, prefill_s: list[float], decode_s: list[
 
 def evaluate_config(config: ml_collections.ConfigDict, params: Any) -> dict:
     """Evaluates `params` of the model in `config` on `config.eval`."""
-    ecfg = ml_collections.ConfigDict(dict(default_config(), **dict(config.get("eval", {}))))
-    check_keys(ecfg, EVAL_KEYS, "eval")
+    ecfg = merge_defaults(config.get("eval", {}), default_config(), "eval", whole=("tasks",))
     from vlm_jax.train import data_feed
     feed = data_feed.make(config, split=ecfg.split, mode="eval", batch_size=ecfg.batch_size)
     module = models.build(config.model)

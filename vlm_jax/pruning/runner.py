@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from vlm_jax import models
+from vlm_jax.config_args import merge_defaults
 from vlm_jax.eval import generate
 from vlm_jax.io import write_json_atomic
 from vlm_jax.pruning import diagnostics, metrics, report, schedules
@@ -61,24 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def checked_config(config) -> ml_collections.ConfigDict:
-    """config merged over the defaults; unknown keys raise naming the section."""
-    base = default_config()
-    for section in (None, "calib", "prune"):
-        have = config if section is None else config.get(section, {})
-        want = base if section is None else base[section]
-        unknown = set(have.keys()) - set(want.keys())
-        if unknown:
-            raise ValueError(f"unknown key(s) {sorted(unknown)} in config"
-                             f"{'.' + section if section else ''}; known: {sorted(want.keys())}")
-    merged = ml_collections.ConfigDict(config.to_dict())
-    for key, value in base.items():
-        if key not in merged:
-            merged[key] = value
-        elif key in ("calib", "prune"):
-            for k, v in value.items():
-                if k not in merged[key]:
-                    merged[key][k] = v
-    return merged
+    """config merged over the defaults; an unknown key raises naming its section."""
+    return merge_defaults(config, default_config(), "", whole=("model",))
 
 
 def load_model(config) -> tuple[models.VLMConfig, dict, ml_collections.ConfigDict | None]:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,15 +26,13 @@ from etils import epath
 from flax import traverse_util
 
 from vlm_jax import io, sharding
-from vlm_jax.config_args import check_keys
+from vlm_jax.config_args import merge_defaults
 from vlm_jax.train import checkpoint as ckpt_lib
 from vlm_jax.train import data_feed, init_from, tasks
 from vlm_jax.train.optimizer import make_optimizer, trainable_mask
 
 log = logging.getLogger(__name__)
 
-TRAIN_KEYS = {"steps", "batch_size", "log_every", "ckpt_every", "keep_ckpts", "async_ckpt",
-              "seed", "activation_constraints", "max_loss_ratio", "allow_config_change"}
 # Config keys a resumed run may change: they do not alter the trained parameters.
 RESUME_NEUTRAL = ("mode", "eval", "mesh", "sharding", "llm_name", "executor", "data.data_dir",
                   "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.async_ckpt",
@@ -75,8 +74,10 @@ class NonFiniteLossError(LossDivergedError):
     pass
 
 
-def check_train_config(tcfg) -> None:
-    """Positive integer step counts, up front (not a ZeroDivisionError after step 1)."""
+def check_train_config(train: Any) -> ml_collections.ConfigDict:
+    """`config.train` over the defaults (an unknown key is an error naming it), with positive
+    integer step counts, checked up front (not a ZeroDivisionError after step 1)."""
+    tcfg = merge_defaults(train, default_config(), "train")
     hints = {"steps": " (0 would write the summary of an untrained model)",
              "ckpt_every": " (set it to train.steps to save only at the end)"}
     for key in ("steps", "batch_size", "log_every", "ckpt_every", "keep_ckpts"):
@@ -84,6 +85,7 @@ def check_train_config(tcfg) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config.train.{key} must be a positive integer, got {value!r}"
                              + hints.get(key, ""))
+    return tcfg
 
 
 def config_changes(saved: dict, new: dict) -> list[str]:
@@ -108,12 +110,11 @@ class Trainer:
                  devices=None):
         """`devices`: the mesh's devices (default `jax.devices()`; launch/aot.py passes a TPU
         topology's devices to compile ahead of time)."""
-        check_keys(config.train, TRAIN_KEYS, "train")
-        check_train_config(config.train)
+        tcfg = check_train_config(config.train)
         self.config, self.workdir = config, workdir
         self.task = tasks.make_task(config, vocab_size)
         self.mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
-        constraints = config.train.get("activation_constraints", "auto")
+        constraints = tcfg.activation_constraints
         if constraints not in ("on", "off", "auto"):
             raise ValueError("train.activation_constraints must be 'on', 'off' or 'auto', got "
                              f"{constraints!r}")
@@ -128,7 +129,7 @@ class Trainer:
             frozen = tasks.FROZEN_BY_STAGE[config.stage]
         self.optim_cfg = ml_collections.ConfigDict(dict(config.optim, frozen=frozen))
         self.trainable = trainable_mask(abstract, frozen)
-        self.tx = make_optimizer(self.optim_cfg, abstract, config.train.steps)
+        self.tx = make_optimizer(self.optim_cfg, abstract, tcfg.steps)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         # optax maps over the boxed params, so every param-shaped state leaf (Adam mu / nu,
         # accumulated gradients) keeps its param's logical axes; counts are replicated.
@@ -233,14 +234,12 @@ def _stop(ckpts: ckpt_lib.Checkpoints, step: int, loss: float, loss_min: float,
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) a training run; returns the run summary. A finished run is not
     rerun: its summary (and metrics) stay as they were."""
-    check_keys(config.train, TRAIN_KEYS, "train")
-    check_train_config(config.train)
+    tcfg = check_train_config(config.train)
     if "://" not in workdir:  # gs:// (pods): orbax and the writers make what they need
         os.makedirs(workdir, exist_ok=True)
     feed = data_feed.make(config)
     trainer = Trainer(config, workdir, vocab_size=feed.vocab_size)
-    tcfg = config.train
-    ratio = float(tcfg.get("max_loss_ratio", 10.0))
+    ratio = float(tcfg.max_loss_ratio)
     ckpts = ckpt_lib.Checkpoints(workdir, keep=tcfg.keep_ckpts, async_save=tcfg.async_ckpt)
     it = feed.iterator()
     found = ckpts.restore_latest(trainer.abstract_state, it, _resume_check(config, workdir))
