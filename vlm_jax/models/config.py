@@ -13,8 +13,13 @@ from typing import Any
 # Plain attention: "xla" (einsum + softmax) or "cudnn" (jax.nn.dot_product_attention's fused
 # GPU kernel). The pruning kernels' own vocabulary is vlm_jax.kernels.dispatch.IMPLS.
 ATTENTION_IMPLS = ("xla", "cudnn")
-# Compressors that can condition on the question (a text query from the LLM).
-TEXT_QUERY_COMPRESSORS = ("quecc",)
+# What each compressor reads besides the selected layer's features `x` (the one table; the
+# compressors, the FLOPs counts and `VLMConfig.uses_text_query` read it through
+# `CompressorConfig.reads_multi` / `reads_text`): "multi", several encoder layers (`x_multi`);
+# "text", the question's query vector (when `use_text_query` is on).
+COMPRESSOR_INPUTS: dict[str, tuple[str, ...]] = {
+    "identity": (), "avgpool": (), "resampler": (), "tokenpacker": ("multi",),
+    "quecc": ("multi", "text")}
 # Remat policies by name (jax.checkpoint_policies): what the backward pass may keep.
 REMAT_POLICIES = ("nothing", "dots", "dots_no_batch", "everything")
 
@@ -115,6 +120,17 @@ class CompressorConfig:
     heads: int = 8
     norm_eps: float = 1e-6
 
+    @property
+    def reads_multi(self) -> bool:
+        """Whether the compressor reads several encoder layers (`x_multi` `[B, G*G, C_multi]`)."""
+        return "multi" in COMPRESSOR_INPUTS.get(self.name, ())
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether it reads the question's query vector (`text` `[B, D_llm]`): a compressor
+        that can, with `use_text_query` on."""
+        return "text" in COMPRESSOR_INPUTS.get(self.name, ()) and self.use_text_query
+
 
 @dataclasses.dataclass(frozen=True)
 class VLMConfig:
@@ -138,9 +154,9 @@ class VLMConfig:
 
     @property
     def uses_text_query(self) -> bool:
-        """Whether the compressor reads the question (QueCC with `use_text_query`): the one
+        """Whether the compressor reads the question (`CompressorConfig.reads_text`): the one
         answer to "does this model take `question` / `question_valid` inputs"."""
-        return self.compressor.name in TEXT_QUERY_COMPRESSORS and self.compressor.use_text_query
+        return self.compressor.reads_text
 
     @property
     def num_patches(self) -> int:
