@@ -70,6 +70,29 @@ class ViTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TextTowerConfig:
+    """The caption encoder of the stage-0 image-text pair model (`models.pair.TextTower`): a
+    bidirectional transformer of vision-encoder blocks over token embeddings."""
+
+    family: str = "clip"  # the block, as ViTConfig.family: "clip" quick-GELU, "siglip" tanh-GELU
+    width: int = 512
+    depth: int = 12
+    heads: int = 8
+    mlp_dim: int = 2048
+    norm_eps: float = 1e-5
+    max_len: int = 64  # caption tokens (learned position embeddings)
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.family not in ("clip", "siglip"):
+            raise ValueError(f"TextTowerConfig.family must be 'clip' or 'siglip', got "
+                             f"{self.family!r}")
+        if self.width % self.heads:
+            raise ValueError(f"text tower width {self.width} is not divisible by heads "
+                             f"{self.heads}")
+
+
+@dataclasses.dataclass(frozen=True)
 class LLMConfig:
     """A Llama / Qwen2-family decoder."""
 
@@ -171,6 +194,8 @@ class VLMConfig:
 
 
 CLASSES = {"vision": ViTConfig, "llm": LLMConfig, "compressor": CompressorConfig}
+# Configs that stand alone, by their dict's `kind`.
+KINDS = {"vision": ViTConfig, "llm": LLMConfig, "text": TextTowerConfig}
 
 
 def make(cls, d: dict[str, Any], where: str):
@@ -186,5 +211,5 @@ def make(cls, d: dict[str, Any], where: str):
 def to_dict(cfg) -> dict[str, Any]:
     """Plain nested dict of a config dataclass (JSON-friendly); `from_dict` inverts it."""
     d = dataclasses.asdict(cfg)
-    kind = {ViTConfig: "vision", LLMConfig: "llm"}.get(type(cfg))
+    kind = {v: k for k, v in KINDS.items()}.get(type(cfg))
     return {"kind": kind, **d} if kind else d

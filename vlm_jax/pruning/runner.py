@@ -39,7 +39,8 @@ from vlm_jax import models
 from vlm_jax.config_args import merge_defaults
 from vlm_jax.eval import generate
 from vlm_jax.io import write_json_atomic
-from vlm_jax.pruning import diagnostics, metrics, report, schedules
+from vlm_jax.pruning import calibration as calib_lib
+from vlm_jax.pruning import diagnostics, report, schedules
 from vlm_jax.pruning.forward import PruneSpec
 from vlm_jax.pruning.gsearch import EvalCache, MetricFn, default_grid, g_search
 from vlm_jax.pruning.psigmoid import psigmoid_search
@@ -116,10 +117,10 @@ def calibration(cfg, params, train_cfg, c) -> tuple[dict, MetricFn]:
         return _eval_calibration(cfg, params, train_cfg, c)
     if c.calib.source != "random":
         raise ValueError(f"calib.source must be 'random' or 'eval', got {c.calib.source!r}")
-    calib = metrics.random_calibration(cfg, c.calib.num_examples, c.calib.prompt_len,
+    calib = calib_lib.random_calibration(cfg, c.calib.num_examples, c.calib.prompt_len,
                                        c.calib.answer_len, c.calib.max_pad, c.calib.seed)
-    calib = metrics.with_model_answers(cfg, params, calib, c.calib.batch_size)
-    return calib, metrics.make_metric(cfg, params, calib, c.prune.metric, c.prune.query,
+    calib = calib_lib.with_model_answers(cfg, params, calib, c.calib.batch_size)
+    return calib, calib_lib.make_metric(cfg, params, calib, c.prune.metric, c.prune.query,
                                       c.prune.impl, c.calib.batch_size)
 
 
@@ -127,7 +128,7 @@ def ttft(cfg, params, batch: dict, specs: dict[str, PruneSpec | None], runs: int
          ) -> dict[str, float]:
     """Median seconds of a jitted (pruned) prefill + first token on `batch`, per named spec
     (None: unpruned), timed round-robin."""
-    module, inputs = models.build(cfg), metrics.generator_inputs(batch)
+    module, inputs = models.build(cfg), calib_lib.generator_inputs(batch)
     fns = {name: functools.partial(generate.prefill, module, 1, spec, params, inputs)
            for name, spec in specs.items()}
     return report.measure_interleaved(fns, runs)

@@ -28,7 +28,7 @@ from flax import traverse_util
 from vlm_jax import io, sharding
 from vlm_jax.config_args import merge_defaults
 from vlm_jax.train import checkpoint as ckpt_lib
-from vlm_jax.train import data_feed, init_from, tasks
+from vlm_jax.train import data_feed, init_from, objectives
 from vlm_jax.train.optimizer import make_optimizer, trainable_mask
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class Trainer:
         topology's devices to compile ahead of time)."""
         tcfg = check_train_config(config.train)
         self.config, self.workdir = config, workdir
-        self.task = tasks.make_task(config, vocab_size)
+        self.task = objectives.make_task(config, vocab_size)
         self.mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
         constraints = tcfg.activation_constraints
         if constraints not in ("on", "off", "auto"):
@@ -121,12 +121,12 @@ class Trainer:
         self.constrain_activations = constraints == "on" or (
             constraints == "auto" and self.mesh.shape["tensor"] > 1)
         self.rules = sharding.rules_for(config.sharding)
-        boxed = tasks.abstract_params(self.task)["params"]
+        boxed = objectives.abstract_params(self.task)["params"]
         abstract = nn.meta.unbox(boxed)
         param_sh = sharding.logical_shardings(boxed, self.mesh, self.rules)
         frozen = config.optim.frozen
         if frozen is None:
-            frozen = tasks.FROZEN_BY_STAGE[config.stage]
+            frozen = objectives.FROZEN_BY_STAGE[config.stage]
         self.optim_cfg = ml_collections.ConfigDict(dict(config.optim, frozen=frozen))
         self.trainable = trainable_mask(abstract, frozen)
         self.tx = make_optimizer(self.optim_cfg, abstract, tcfg.steps)
@@ -165,7 +165,7 @@ class Trainer:
     def init_state(self) -> dict:
         """Fresh state: random init (then `config.init_from` if set), sharded on the mesh."""
         rng = jax.random.key(self.config.train.seed)
-        params = jax.jit(lambda r: nn.meta.unbox(tasks.init_params(self.task, r)["params"]),
+        params = jax.jit(lambda r: nn.meta.unbox(objectives.init_params(self.task, r)["params"]),
                          out_shardings=self.state_shardings["params"])(rng)
         if self.config.get("init_from"):
             host = init_from.apply(self.config.init_from,
