@@ -17,6 +17,7 @@ import dataclasses
 
 import ml_collections
 
+from vlm_jax.config_args import parse_arg
 from vlm_jax.models import presets
 from vlm_jax.models.compressors import window_size
 from vlm_jax.models.config import ViTConfig, to_dict
@@ -29,22 +30,6 @@ TINY_LLMS = ("qwen2-tiny", "llama-tiny")
 TINY_TOKENS = (1, 4, 16, 64)
 TINY_VISION = ViTConfig("clip", 64, 8, 32, 2, 4, 64, 1e-5)
 TINY_FEATURE_LAYERS = (0, 1)  # embeddings and the penultimate layer (the tower has 2)
-
-DEFAULTS = {"llm": LLMS[0], "V": "16", "compressor": "quecc", "text_query": "1",
-            "full": "identity"}
-
-
-def parse(arg: str | None) -> dict[str, str]:
-    """`"llm=qwen1.5-0.5b,V=16"` -> options with defaults; unknown keys raise."""
-    opts = dict(DEFAULTS)
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise ValueError(f"configs/quecc_grid.py: unknown key in {item!r}; "
-                             f"use key=value with keys {sorted(DEFAULTS)}")
-        opts[key] = value
-    return opts
-
 
 def model_config(llm: str, v: int, compressor: str = "quecc", text_query: bool = True,
                  full: str = "identity"):
@@ -62,12 +47,10 @@ def model_config(llm: str, v: int, compressor: str = "quecc", text_query: bool =
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse(arg)
-    v = int(opts["V"])
-    cfg = model_config(opts["llm"], v, opts["compressor"], opts["text_query"] not in ("0", "false"),
-                       opts["full"])
+    a = parse_arg(arg, llm=LLMS[0], V=16, compressor="quecc", text_query=True, full="identity")
+    cfg = model_config(a.llm, a.V, a.compressor, a.text_query, a.full)
     config = ml_collections.ConfigDict()
-    config.name = f"{cfg.compressor.name}_{opts['llm']}_v{v}"
+    config.name = f"{cfg.compressor.name}_{a.llm}_v{a.V}"
     config.model = to_dict(cfg)
     return config
 

@@ -20,7 +20,7 @@ import ml_collections
 
 from vlm_jax.config_args import parse_arg
 from vlm_jax.data.synthetic import DEFAULT_TASKS
-from vlm_jax.models.config import ViTConfig, to_dict
+from vlm_jax.models.config import TextTowerConfig, to_dict
 from vlm_jax.models.presets import tiny_sweep_llm, tiny_sweep_vision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pre = ml_collections.ConfigDict()
     pre.mode, pre.stage = "train", 0
     vision = tiny_sweep_vision(point.data.synthetic.resolution)
-    text = ViTConfig(family="clip", width=64, depth=2, heads=4, mlp_dim=256)
+    text = TextTowerConfig(family="clip", width=64, depth=2, heads=4, mlp_dim=256)
     pre.pair = dict(vision=to_dict(vision), text=to_dict(text), embed_dim=64)
     pre.data = ml_collections.ConfigDict(point.data.to_dict())
     pre.data.synthetic.update(tasks=("caption", "ocr"), eval_tasks=(), num_test=100)

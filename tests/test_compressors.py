@@ -109,6 +109,33 @@ def test_resampler_matches_torch():
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(compressors.REGISTRY))
+def test_compressor_inputs_table_says_what_each_module_reads(name):
+    """`COMPRESSOR_INPUTS` (through `reads_multi` / `reads_text`) is what the modules do: an
+    input it names is required (missing: an error) and changes the output; one it does not
+    name is never needed."""
+    from vlm_jax.models.config import COMPRESSOR_INPUTS
+    assert set(COMPRESSOR_INPUTS) == set(compressors.REGISTRY)
+    rng = np.random.default_rng(0)
+    grid, c, d = 4, 8, 6
+    x, xm = (rng.normal(size=(2, 16, w)).astype(np.float32) for w in (c, 2 * c))
+    cfg = CompressorConfig(name=name, num_tokens=None if name == "identity" else 4, heads=2)
+    m = compressors.build(cfg, grid=grid, width=c, text_width=d)
+    given = {"x_multi": xm if cfg.reads_multi else None,
+             "text": rng.normal(size=(2, d)).astype(np.float32) if cfg.reads_text else None}
+    params = m.init(jax.random.key(0), x, **given)
+    out = m.apply(params, x, **given)
+    for key, reads in (("x_multi", cfg.reads_multi), ("text", cfg.reads_text)):
+        if not reads:
+            continue
+        with pytest.raises((ValueError, TypeError, AttributeError)):
+            m.apply(params, x, **dict(given, **{key: None}))
+        other = m.apply(params, x, **dict(given, **{key: given[key] + 1.0}))
+        assert not np.allclose(np.asarray(other), np.asarray(out)), key
+    assert tiny_vlm(name, None if name == "identity" else 4).uses_text_query == cfg.reads_text
+    assert not CompressorConfig(name=name, use_text_query=False).reads_text
+
+
 def test_bad_input_errors():
     build_ = lambda name, v, **kw: compressors.build(CompressorConfig(name, v, **kw), grid=8,
                                                      width=32, text_width=16, multi_width=64)

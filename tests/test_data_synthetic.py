@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vlm_jax.data import glyphs, scenes
-from vlm_jax.data.synthetic import SyntheticConfig, all_texts, generate_example, save_grid
+from vlm_jax.data.synthetic import SyntheticConfig, generate_example, save_grid
 
 CFG = SyntheticConfig(resolution=64, num_train=1200)
 N = 1200
@@ -41,7 +41,7 @@ def _unique(objs, **attrs):
 
 
 def _answer_from_scene(q: str, objs) -> str:
-    """Recomputes the answer from the scene description alone (independent of tasks.py)."""
+    """Recomputes the answer from the scene description alone (independent of questions.py)."""
     yn = lambda b: "yes" if b else "no"
     if m := re.fullmatch(r"how many (.+) are there\?", q):
         return str(sum(o.matches(**_pred(m[1])) for o in objs))
@@ -201,6 +201,15 @@ def test_grid_png(tmp_path):
     from PIL import Image
 
     assert Image.open(path).size[0] > 200
+
+
+def all_texts(cfg: SyntheticConfig, split: str = "train", limit: int = 2000) -> list[str]:
+    """Questions, answers and captions of the first `limit` examples (vocab checks)."""
+    out = []
+    for i in range(min(limit, cfg.num_examples(split))):
+        ex = generate_example(cfg, split, i)
+        out += [ex["question"], ex["answer"], ex["caption"]]
+    return out
 
 
 def test_all_texts_cover_tasks():

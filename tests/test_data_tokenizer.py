@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from test_data_synthetic import all_texts
 
-from vlm_jax.data.synthetic import SyntheticConfig, all_texts
+from vlm_jax.data.synthetic import SyntheticConfig
 from vlm_jax.data.templates import VICUNA_SYSTEM, ChatEncoder, get_template
 from vlm_jax.data.tokenizer import IMAGE_TOKEN, HFTokenizer, WordTokenizer
 

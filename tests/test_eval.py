@@ -48,11 +48,11 @@ def test_answers_do_not_depend_on_batch_size(setup):
 def test_scores_follow_the_metric_of_each_task(setup):
     c, cfg, params = setup
     out = evaluator.evaluate(models.build(cfg), params, _loader(c, cfg, 8), max_new_tokens=5)
-    from vlm_jax.eval import metrics
+    from vlm_jax.eval import answer_metrics
     for r in out["records"]:
         metric, family = evaluator.SYNTHETIC_TASKS[r["task"]]
         assert r["family"] == family
-        assert r["score"] == metrics.METRICS[metric](r["prediction"], {"answer": r["answer"],
+        assert r["score"] == answer_metrics.METRICS[metric](r["prediction"], {"answer": r["answer"],
                                                                         "answers": [r["answer"]]})
     cost = out["cost"]
     assert cost["visual_tokens"] == 4 and cost["ttft_ms"] > 0 and cost["decode_ms_per_token"] > 0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlm_jax.eval.metrics import (
+from vlm_jax.eval.answer_metrics import (
     METRICS,
     aggregate,
     exact_match,

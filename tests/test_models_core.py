@@ -150,7 +150,9 @@ def test_fsdp_tp_sharded_forward_equals_single_device():
 
     mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
     rules = sharding.rules_for("fsdp_tp")
-    shardings = sharding.param_shardings(module, mesh, rules, **models.dummy_inputs(cfg, 1))
+    abstract = jax.eval_shape(
+        lambda: module.init(jax.random.key(0), **models.dummy_inputs(cfg, 1))["params"])
+    shardings = sharding.logical_shardings(abstract, mesh, rules)
     sharded = jax.device_put(params, shardings)
     in_sh = {k: sharding.batch_sharding(mesh, rules, v.ndim) for k, v in inputs.items()}
 

@@ -15,7 +15,7 @@ from vlm_jax.models import presets
 from vlm_jax.models.cache import init_cache
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import PruneSpec, cache_sizes
-from vlm_jax.pruning.metrics import generator_inputs, random_calibration
+from vlm_jax.pruning.calibration import generator_inputs, random_calibration
 from vlm_jax.train import init_from
 from vlm_jax.train.checkpoint import Checkpoints
 

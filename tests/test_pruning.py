@@ -15,7 +15,7 @@ from vlm_jax.models.layers import attention_weights
 from vlm_jax.models.llm import default_positions
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import PruneSpec, ScheduleError, cache_sizes, schedules
-from vlm_jax.pruning.metrics import generator_inputs, random_calibration
+from vlm_jax.pruning.calibration import generator_inputs, random_calibration
 
 DEPTH = 4
 

@@ -15,7 +15,7 @@ from vlm_jax.models import init_params, presets
 from vlm_jax.models import llm as llm_mod
 from vlm_jax.models.layers import attention_weights
 from vlm_jax.models.vlm import VLM
-from vlm_jax.pruning import ScheduleError, diagnostics, metrics, report, schedules
+from vlm_jax.pruning import ScheduleError, calibration, diagnostics, report, schedules
 from vlm_jax.pruning.gsearch import default_grid, g_search
 from vlm_jax.pruning.psigmoid import psigmoid_search
 from vlm_jax.pruning.runner import default_config, load_model, run
@@ -96,8 +96,8 @@ def test_gsearch_is_greedy_minimal_and_within_eps(eps, tmp_path):
 
 def test_gsearch_on_tiny_model_respects_eps(model):
     cfg, params = model
-    calib = metrics.random_calibration(cfg, 4, prompt_len=5, answer_len=2, seed=1)
-    metric_fn = metrics.make_metric(cfg, params, calib, "loglik", batch_size=4)
+    calib = calibration.random_calibration(cfg, 4, prompt_len=5, answer_len=2, seed=1)
+    metric_fn = calibration.make_metric(cfg, params, calib, "loglik", batch_size=4)
     eps = 0.05
     res = g_search(metric_fn, 4, 16, [0, 8, 16], eps)
     assert res.keep[0] == 16 and all(a >= b for a, b in zip(res.keep, res.keep[1:]))
@@ -168,7 +168,7 @@ def test_prefill_flops_and_report_format(model):
 
 def test_layer_importance_matches_explicit_probabilities(model, monkeypatch):
     cfg, params = model
-    calib = metrics.random_calibration(cfg, 2, prompt_len=5, max_pad=2, seed=2)
+    calib = calibration.random_calibration(cfg, 2, prompt_len=5, max_pad=2, seed=2)
     batch = {k: calib[k] for k in ("images", "tokens", "valid")}
     imp = diagnostics.layer_importance(cfg, params, batch, query="text")
     assert imp.shape == (4, 2, 16)

@@ -51,6 +51,19 @@ def test_stage_configs_merge_and_chain(tmp_path):
     assert [(n, d) for n, _, d in sweep.stage_configs(c, "/w/p")] == [("train", "/w/p")]
 
 
+def test_sweep_keys_checked_against_the_defaults(tmp_path):
+    import sweep_tiny
+    c = sweep_tiny.get_config("smoke=1")
+    assert len(sweep.make_points(c, str(tmp_path))) > 1
+    c.sweep.grid.tokens = (4,)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['tokens'\] in config\.sweep\.grid"):
+        sweep.make_points(c, str(tmp_path))
+    del c.sweep.grid.tokens
+    del c.sweep.grid.num_tokens
+    with pytest.raises(ValueError, match=r"config\.sweep\.grid needs llm, num_tokens"):
+        sweep.make_points(c, str(tmp_path))
+
+
 def test_missing_inputs_named_before_any_compile(tmp_path, monkeypatch):
     c = two_stage_config(str(tmp_path / "tfds"))
     c.stages[0]["data"] = dict(source="llava", files=dict(train=str(tmp_path / "no.json")),

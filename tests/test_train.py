@@ -68,9 +68,20 @@ def _fingerprint(workdir: str) -> str:
 def reference_run(tmp_path_factory, data_dir):
     """An uninterrupted run of `_main_cmd` (12 steps, checkpoints every 3)."""
     ref_dir = str(tmp_path_factory.mktemp("ref") / "run")
-    subprocess.run(_main_cmd(ref_dir, data_dir), check=True, cwd=REPO, env=_env(),
-                   capture_output=True)
+    proc = subprocess.run(_main_cmd(ref_dir, data_dir), check=True, cwd=REPO, env=_env(),
+                          capture_output=True, text=True)
+    with open(os.path.join(os.path.dirname(ref_dir), "main.log"), "w") as f:
+        f.write(proc.stderr)
     return ref_dir
+
+
+def test_main_logs_loss_progress_and_eta(reference_run):
+    """Every log_every (1) steps: the loss, and clu's progress note (rate, share done, ETA)."""
+    with open(os.path.join(os.path.dirname(reference_run), "main.log")) as f:
+        log = f.read()
+    assert len(re.findall(r"step \d+/12 loss \d+\.\d+", log)) == 12, log[-2000:]
+    notes = re.findall(r"work unit notes: [\d.]+ steps/s, [\d.]+% \((\d+)/12\), ETA", log)
+    assert [int(n) for n in notes] == list(range(1, 13)), log[-2000:]
 
 
 def test_sigkill_resume_matches_uninterrupted_run(tmp_path, data_dir, reference_run):
@@ -191,6 +202,33 @@ def test_one_vs_eight_devices_give_equal_parameters(tmp_path, data_dir):
                                        err_msg=f"{other}: {jax.tree_util.keystr(path)}")
 
 
+def test_optimizer_state_is_sharded_like_its_parameters(data_dir):
+    """On a 4-device fsdp mesh every Adam mu / nu leaf (and, with accumulation, every
+    accumulated gradient) is placed as the parameter it belongs to, lr groups included."""
+    c = tiny_config(data_dir)
+    c.mesh, c.sharding = {"fsdp": 4}, "fsdp"
+    c.optim.update(grad_accum=2, lr_groups=((r"vision_tower", 0.1),))
+    trainer = trainer_lib.Trainer(c, "", vocab_size=64)
+    assert trainer.mesh.devices.size == 4
+    params = {jax.tree_util.keystr(p): s for p, s in
+              jax.tree_util.tree_leaves_with_path(trainer.state_shardings["params"])}
+    checked = {"mu": set(), "nu": set(), "acc_grads": set()}
+    state = trainer.init_state()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state["opt_state"]):
+        names = [getattr(k, "name", None) for k in path]
+        slot = next((n for n in checked if n in names), None)
+        if slot is None:
+            assert leaf.sharding.is_fully_replicated, jax.tree_util.keystr(path)
+            continue
+        param = jax.tree_util.keystr(path[names.index(slot) + 1:])
+        assert leaf.sharding.spec == params[param].spec, (jax.tree_util.keystr(path),
+                                                          leaf.sharding.spec, params[param].spec)
+        checked[slot].add(param)
+    assert all(found == set(params) for found in checked.values()), {
+        k: len(v) for k, v in checked.items()}
+    assert sum("fsdp" in s.spec for s in params.values()) > 10  # the check is not vacuous
+
+
 def test_train_step_applies_activation_sharding_constraints(data_dir):
     """The step is traced under the mesh, so `nn.with_logical_constraint` is live: its
     constraints are in the lowered program; "off" drops them, as "auto" does without tensor
@@ -269,3 +307,12 @@ def test_unknown_config_keys_are_errors(tmp_path, data_dir):
     proc = subprocess.run(_main_cmd(str(tmp_path / "c"), data_dir) + ["--config.train.nope=1"],
                           cwd=REPO, env=_env(), capture_output=True, text=True)
     assert proc.returncode != 0 and "nope" in proc.stderr
+
+
+def test_config_values_of_the_wrong_type_are_errors(tmp_path, data_dir):
+    """The locked defaults check types too: the error names the key."""
+    c = tiny_config(data_dir)
+    c.train = ml_collections.ConfigDict(dict(c.train.to_dict(), steps="12"))
+    with pytest.raises(ValueError, match=r"config\.train\.steps: .*<class 'str'>"):
+        trainer_lib.train(c, str(tmp_path))
+    assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))

@@ -19,6 +19,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from vlm_jax.modes import run  # noqa: E402
+from vlm_jax.train.trainer import show_progress_notes  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -69,6 +70,7 @@ def main(argv):
         init_distributed()
     logging.getLogger().setLevel(logging.WARNING)  # orbax / grain / absl chatter
     logging.getLogger("vlm_jax").setLevel(logging.INFO)
+    show_progress_notes()
     run(_CONFIG.value, _WORKDIR.value)
 
 

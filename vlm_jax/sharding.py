@@ -78,13 +78,6 @@ def logical_shardings(tree, mesh: Mesh, rules: Rules):
     return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
 
 
-def param_shardings(module: nn.Module, mesh: Mesh, rules: Rules, *init_args, **init_kwargs):
-    """NamedShardings for `module.init(rng, *init_args)['params']`, computed abstractly."""
-    abstract = jax.eval_shape(
-        lambda: module.init(jax.random.key(0), *init_args, **init_kwargs)["params"])
-    return logical_shardings(abstract, mesh, rules)
-
-
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int) -> NamedSharding:
     """Sharding of a `[B, ...]` input batch array: batch axis split, the rest replicated."""
     spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), list(rules))

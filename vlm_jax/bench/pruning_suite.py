@@ -81,13 +81,14 @@ def trained_step(workdir: str) -> int | None:
 def ensure_trained(workdir: str, as_is: bool = False) -> None:
     """Trains (or resumes) configs/prune_bench.py in `workdir` unless a finished run is there
     (or, with `as_is`, any checkpoint)."""
-    from vlm_jax.train.trainer import train
+    from vlm_jax.train.trainer import show_progress_notes, train
     config = bench_config()
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
         done = trained_step(workdir)
         if done is not None and (as_is or done >= config.train.steps):
             return
     logging.getLogger("vlm_jax").setLevel(logging.INFO)
+    show_progress_notes()
     print(f"training the pruning benchmark model into {workdir} "
           f"({config.train.steps} steps; progress every {config.train.log_every})", flush=True)
     config.mode = "train"

@@ -43,6 +43,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import ml_collections
+
+from vlm_jax.config_args import merge_defaults
+
 SHORT = "Answer the question using a single word or phrase."
 LETTER = "Answer with the option's letter from the given choices directly."
 VIZWIZ = "When the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT
@@ -308,21 +312,23 @@ def read(kind: str, files: dict, image_folder: str = "", name: str | None = None
     return items
 
 
-BENCHMARK_KEYS = {"kind", "files", "image_folder", "family", "limit"}
+def benchmark_defaults() -> ml_collections.ConfigDict:
+    """The keys of one `eval.benchmarks` entry; `kind` and `family` must be given."""
+    return ml_collections.ConfigDict(dict(kind="", files={}, image_folder="", family="",
+                                          limit=-1))
 
 
 def read_all(benchmarks: Any) -> dict[str, tuple[dict, list[dict]]]:
     """name -> (its settings, its items); raises naming the file at fault."""
     out = {}
     for name, spec in dict(benchmarks).items():
-        spec = dict(spec)
-        unknown = set(spec) - BENCHMARK_KEYS
-        if unknown or "kind" not in spec or "family" not in spec:
+        spec = merge_defaults(spec, benchmark_defaults(), f"eval.benchmarks.{name}",
+                              whole=("files",)).to_dict()
+        if not spec["kind"] or not spec["family"]:
             raise ValueError(f"eval.benchmarks.{name}: needs `kind` and `family`; keys "
-                             f"{sorted(BENCHMARK_KEYS)} (unknown: {sorted(unknown)})")
-        items = read(spec["kind"], dict(spec.get("files", {})),
-                               spec.get("image_folder", ""), name=name)
-        limit = int(spec.get("limit", -1))
+                             f"{sorted(spec)}")
+        items = read(spec["kind"], spec["files"], spec["image_folder"], name=name)
+        limit = int(spec["limit"])
         items = items[:limit] if limit > 0 else items
         missing = [it["image"] for it in items if "image" in it and not os.path.isfile(it["image"])]
         if missing:

@@ -30,6 +30,7 @@ from typing import Any
 
 import ml_collections
 
+from vlm_jax.config_args import merge_defaults
 from vlm_jax.data.synthetic import DEFAULT_TASKS, SyntheticConfig
 
 SOURCES = ("synthetic", "llava", "vqa_eval", "mmbench")
@@ -62,26 +63,11 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _check_keys(cfg: dict, ref: dict, where: str) -> None:
-    unknown = sorted(set(cfg) - set(ref))
-    if unknown:
-        raise ValueError(f"unknown data config key(s) {[f'{where}{k}' for k in unknown]}; "
-                         f"known under '{where or 'data.'}': {sorted(ref)}")
-    for k, v in cfg.items():
-        if isinstance(ref[k], dict) and k != "files":
-            if not isinstance(v, dict):
-                raise ValueError(f"data config key '{where}{k}' must be a dict, got {v!r}")
-            _check_keys(v, ref[k], f"{where}{k}.")
-
-
 def check_config(cfg: Any) -> ml_collections.ConfigDict:
-    """Validates a data config (missing keys take their defaults); returns a full copy."""
-    given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    ref = default_config().to_dict()
-    _check_keys(given, ref, "")
-    full = default_config()
-    full.files = ml_collections.ConfigDict(given.pop("files", ref["files"]))
-    full.update_from_flattened_dict(_flatten(given))
+    """Validates a data config (missing keys take their defaults; unknown keys and values of
+    the wrong type are errors naming them); returns a full copy. `files` is taken whole."""
+    full = merge_defaults(cfg, default_config(), "data", whole=("files",),
+                          label="data config ")
     if full.source not in SOURCES:
         raise ValueError(f"data.source must be one of {SOURCES}, got {full.source!r}")
     if full.aspect not in ASPECTS:
@@ -96,16 +82,6 @@ def check_config(cfg: Any) -> ml_collections.ConfigDict:
             raise ValueError(f"data.{key} must be >= 1, got {full[key]}")
     synthetic_config(full)  # validates the suite settings
     return full
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def synthetic_config(cfg: ml_collections.ConfigDict) -> SyntheticConfig:

@@ -1,7 +1,7 @@
 """The built-in synthetic VQA suite: examples deterministic from (seed, split, index).
 
 Tasks: `count`, `exist`, `attribute`, `spatial`, `compare` (reasoning over rendered scenes,
-see tasks.py), `ocr` (2-4 characters drawn with the built-in 5x7 font: "what is written?"),
+see questions.py), `ocr` (2-4 characters drawn with the built-in 5x7 font: "what is written?"),
 and `caption` ("describe the image."). Every example also carries the scene's caption (for
 pretraining a vision tower) and its scene as JSON (for checking answers).
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm_jax.data import glyphs, scenes, tasks
+from vlm_jax.data import glyphs, questions, scenes
 
 REASONING_TASKS = ("count", "exist", "attribute", "spatial", "compare")
 DEFAULT_TASKS = REASONING_TASKS + ("ocr",)
@@ -132,22 +132,13 @@ def generate_example(cfg: SyntheticConfig, split: str, index: int) -> dict[str, 
         image, text = _ocr(rng, cfg)
         objs, question, answer, caption = [], OCR_QUESTION, text, f"the text {text}."
     else:
-        objs, question, answer = tasks.SCENE_TASKS[task](rng, stratum, cfg.max_objects)
+        objs, question, answer = questions.SCENE_TASKS[task](rng, stratum, cfg.max_objects)
         image = scenes.render(objs, cfg.resolution)
         caption = scenes.caption(objs)
         answer = caption if answer is None else answer
     return {"id": f"{split}-{index:07d}", "image": image, "question": question,
             "answer": answer, "answers": [answer], "task": task, "caption": caption,
             "scene": json.dumps(scenes.to_json(objs), separators=(",", ":"))}
-
-
-def all_texts(cfg: SyntheticConfig, split: str = "train", limit: int = 2000) -> list[str]:
-    """Questions, answers and captions of the first `limit` examples (vocab checks)."""
-    out = []
-    for i in range(min(limit, cfg.num_examples(split))):
-        ex = generate_example(cfg, split, i)
-        out += [ex["question"], ex["answer"], ex["caption"]]
-    return out
 
 
 def save_grid(path: str, cfg: SyntheticConfig | None = None, rows: int = 4, cols: int = 4,

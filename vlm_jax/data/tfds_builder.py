@@ -21,7 +21,7 @@ from unittest import mock
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
-from vlm_jax.data import glyphs, scenes, synthetic, tasks
+from vlm_jax.data import glyphs, questions, scenes, synthetic
 from vlm_jax.data.synthetic import SyntheticConfig, generate_example
 
 VERSION = "1.0.0"
@@ -35,10 +35,10 @@ class SyntheticVqaConfig(tfds.core.BuilderConfig):
 
 
 def generator_digest() -> str:
-    """A hash of the generator's source (synthetic, tasks, scenes, glyphs): a data dir written
+    """A hash of the generator's source (synthetic, questions, scenes, glyphs): a data dir written
     by an older generator is never mistaken for this one's."""
     h = hashlib.sha256()
-    for module in (synthetic, tasks, scenes, glyphs):
+    for module in (synthetic, questions, scenes, glyphs):
         h.update(pathlib.Path(module.__file__).read_bytes())
     return h.hexdigest()
 

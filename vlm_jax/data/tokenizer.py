@@ -20,7 +20,7 @@ import os
 import re
 from typing import Protocol
 
-from vlm_jax.data import glyphs, scenes, tasks
+from vlm_jax.data import glyphs, questions, scenes
 
 IMAGE_TOKEN = "<image>"
 
@@ -55,7 +55,7 @@ def synthetic_words() -> list[str]:
     """The suite's word list, in a fixed order (duplicates dropped)."""
     words = [*_FUNCTION_WORDS, *scenes.SHAPES, *map(scenes.plural, scenes.SHAPES),
              *scenes.COLORS, *scenes.SIZES, *scenes.NUMBER_WORDS]
-    for rel in tasks.RELATIONS:
+    for rel in questions.RELATIONS:
         words += rel.split()
     return list(dict.fromkeys(words))
 

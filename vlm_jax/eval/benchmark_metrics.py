@@ -6,10 +6,10 @@ reports, as a fraction), `n`, and the breakdown the benchmark reports. Items com
 
 - gqa: exact match of the lower-cased prediction without its trailing period (the GQA
   evaluation on LLaVA's converted answers); per structural type.
-- vqav2, vizwiz, textvqa: VQA accuracy (`metrics.vqa_accuracy`, official normalisation);
+- vqav2, vizwiz, textvqa: VQA accuracy (`answer_metrics.vqa_accuracy`, official normalisation);
   per answer type where the file has one.
 - scienceqa, seed: accuracy of the option letter read from the prediction
-  (`metrics.extract_choice`); per subject / question type.
+  (`answer_metrics.extract_choice`); per subject / question type.
 - mmbench: circular accuracy (a question counts only if every circular variant of it,
   same `index % 1e6`, is right) and plain accuracy; per category.
 - pope: LLaVA's POPE evaluation: the first sentence, commas removed, is "no" if it holds the
@@ -27,7 +27,7 @@ import collections
 from collections.abc import Mapping, Sequence
 
 from vlm_jax.data import benchmarks as bench_lib
-from vlm_jax.eval import metrics
+from vlm_jax.eval import answer_metrics
 
 
 def _mean(xs) -> float:
@@ -64,14 +64,14 @@ def mme_answer(prediction: str) -> str:
 
 def _choice_correct(it, pred) -> float:
     letters = list(bench_lib.LETTERS[: len(it["meta"]["options"])])
-    return metrics.multiple_choice(pred, dict(zip(letters, it["meta"]["options"])), it["answers"][0])
+    return answer_metrics.multiple_choice(pred, dict(zip(letters, it["meta"]["options"])), it["answers"][0])
 
 
 def _pope(items, preds) -> dict:
     out, f1s = {}, []
     for cat in dict.fromkeys(it["meta"]["category"] for it in items):
         sub = [(it, p) for it, p in zip(items, preds) if it["meta"]["category"] == cat]
-        s = metrics.yes_no_scores([pope_answer(p) for _, p in sub],
+        s = answer_metrics.yes_no_scores([pope_answer(p) for _, p in sub],
                                   [it["answers"][0] for it, _ in sub])
         out[cat] = {k: s[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio", "n")}
         f1s.append(s["f1"])
@@ -129,7 +129,7 @@ def score(kind: str, items: Sequence[dict], predictions: Mapping[str, str]) -> d
         right = [gqa_correct(p, it["answers"][0]) for it, p in zip(items, preds)]
         out = {"score": _mean(right), "structural": _by(items, right, "structural")}
     elif kind in ("vqav2", "vizwiz", "textvqa"):
-        acc = [metrics.vqa_accuracy(p, it["answers"]) for it, p in zip(items, preds)]
+        acc = [answer_metrics.vqa_accuracy(p, it["answers"]) for it, p in zip(items, preds)]
         out = {"score": _mean(acc), "answer_type": _by(items, acc, "answer_type")}
     elif kind in ("scienceqa", "seed"):
         right = [_choice_correct(it, p) for it, p in zip(items, preds)]

@@ -16,8 +16,8 @@ import numpy as np
 
 from vlm_jax import data as data_lib
 from vlm_jax import models
-from vlm_jax.config_args import check_keys
-from vlm_jax.eval import metrics as metrics_lib
+from vlm_jax.config_args import merge_defaults
+from vlm_jax.eval import answer_metrics
 from vlm_jax.eval.generate import Generator
 from vlm_jax.models import flops as flops_lib
 
@@ -30,7 +30,6 @@ SYNTHETIC_TASKS = {
     "compare": ("exact_match", "reasoning"), "ocr": ("exact_match", "ocr"),
     "caption": ("exact_match", "caption"),
 }
-EVAL_KEYS = {"split", "batch_size", "max_new_tokens", "num_examples", "tasks"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -77,7 +76,7 @@ def evaluate(module: models.VLM, params: Any, loader: data_lib.Loader, *, max_ne
             pred = tok.decode(out.tokens[i, : out.lengths[i]])
             example = {"answer": meta["answer"][i], "answers": list(meta["answers"][i])}
             records.append({"id": str(meta["id"][i]), "task": task, "family": family,
-                            "score": metrics_lib.METRICS[metric](pred, example),
+                            "score": answer_metrics.METRICS[metric](pred, example),
                             "prediction": pred, "answer": str(meta["answer"][i]),
                             "question": tok.decode(arrays["question"][i][
                                 arrays["question_valid"][i]])})
@@ -86,7 +85,7 @@ def evaluate(module: models.VLM, params: Any, loader: data_lib.Loader, *, max_ne
             break
     if not records:
         raise ValueError("the eval loader yielded no examples")
-    result = metrics_lib.aggregate([{k: r[k] for k in ("task", "family", "score")} for r in records])
+    result = answer_metrics.aggregate([{k: r[k] for k in ("task", "family", "score")} for r in records])
     result["records"] = records
     result["cost"] = cost_report(module.cfg, float(np.mean(text_tokens)), prefill_s, decode_s,
                                  batch_size=loader.batch_size)
@@ -107,8 +106,7 @@ def cost_report(cfg, text_tokens: float, prefill_s: list[float], decode_s: list[
 
 def evaluate_config(config: ml_collections.ConfigDict, params: Any) -> dict:
     """Evaluates `params` of the model in `config` on `config.eval`."""
-    ecfg = ml_collections.ConfigDict(dict(default_config(), **dict(config.get("eval", {}))))
-    check_keys(ecfg, EVAL_KEYS, "eval")
+    ecfg = merge_defaults(config.get("eval", {}), default_config(), "eval", whole=("tasks",))
     from vlm_jax.train import data_feed
     feed = data_feed.make(config, split=ecfg.split, mode="eval", batch_size=ecfg.batch_size)
     module = models.build(config.model)

@@ -1,6 +1,6 @@
 """Per-family score, standard error and image-blind prior of one evaluation's records.
 
-A family's score is the mean of its tasks' mean scores (as `metrics.aggregate` reports it), so
+A family's score is the mean of its tasks' mean scores (as `answer_metrics.aggregate` reports it), so
 its standard error combines the tasks' sample variances: `sqrt(sum_t var_t / n_t) / T`. The
 blind prior is the best score an answer chosen without the image can reach on the same
 questions: per question type, the single answer that scores best on that type's questions.
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from vlm_jax.eval import metrics as metrics_lib
+from vlm_jax.eval import answer_metrics
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -40,7 +40,7 @@ def question_type(question: str, answer_words: set[str]) -> str:
 def blind_scores(records: Sequence[Mapping], metric_of: Mapping[str, str]) -> dict[str, float]:
     """task -> the best image-blind score on its records (each needs question and answer).
 
-    metric_of: task -> metric name of `metrics.METRICS` used to score candidate answers.
+    metric_of: task -> metric name of `answer_metrics.METRICS` used to score candidate answers.
     """
     answer_words = {w for r in records for w in _WORD.findall(str(r["answer"]).lower())}
     by_type: dict[tuple[str, str], list[Mapping]] = {}
@@ -48,7 +48,7 @@ def blind_scores(records: Sequence[Mapping], metric_of: Mapping[str, str]) -> di
         by_type.setdefault((r["task"], question_type(r["question"], answer_words)), []).append(r)
     totals: dict[str, list[float]] = {}
     for (task, _), recs in by_type.items():
-        score = metrics_lib.get_metric(metric_of[task])
+        score = answer_metrics.get_metric(metric_of[task])
         candidates = sorted({str(r["answer"]) for r in recs})
         best = max(sum(score(c, {"answer": r["answer"], "answers": [r["answer"]]}) for r in recs)
                    for c in candidates)

@@ -11,51 +11,60 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Callable, Iterator, Sequence
 
-import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-_NUMPY_UNSUPPORTED = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
-                      "F8_E5M2": ml_dtypes.float8_e5m2}
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # what numpy holds (bfloat16 through ml_dtypes)
 
 
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8,
              "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-def _header(path: str) -> dict:
-    """The JSON header of one safetensors file (names -> dtype, shape, data_offsets); a file
-    too short for its header or its tensors is an error naming the file and tensor."""
+def _header(path: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor name -> (safetensors dtype code, shape) of one file, from safetensors' own
+    header check (no tensor is read); a file it refuses is an error naming the file."""
+    try:
+        with safe_open(path, framework="numpy") as f:
+            return {name: (s.get_dtype(), tuple(s.get_shape()))
+                    for name in f.keys() for s in (f.get_slice(name),)}
+    except SafetensorError as e:
+        raise ValueError(_why_refused(path, e)) from None
+
+
+def _why_refused(path: str, error: Exception) -> str:
+    """Names what safetensors refused (its errors name no file and no tensor): a file too
+    short for its header, a header that is not JSON, or the first tensor past the end."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        n = int.from_bytes(head, "little") if len(head) == 8 else None
         if n is None or 8 + n > size:
-            raise ValueError(f"{path}: truncated or not a safetensors file ({size} bytes; the "
-                             f"header needs {8 + (n or 0)})")
+            return (f"{path}: truncated or not a safetensors file ({size} bytes; the header "
+                    f"needs {8 + (n or 0)})")
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: the safetensors header is not valid JSON ({e})") from None
-    header.pop("__metadata__", None)
+            return f"{path}: the safetensors header is not valid JSON ({e})"
     for name, entry in header.items():
-        entry["start"] = 8 + n + entry["data_offsets"][0]
-        end = 8 + n + entry["data_offsets"][1]
-        want = _ITEMSIZE.get(entry["dtype"], 0) * int(np.prod(entry["shape"], dtype=np.int64))
-        if want and end - entry["start"] != want:
-            raise ValueError(f"{path}: tensor {name!r} is {entry['dtype']}{list(entry['shape'])} "
-                             f"({want} bytes) but its header's data_offsets span "
-                             f"{end - entry['start']} bytes")
-        if end > size:
-            raise ValueError(f"{path} is truncated: tensor {name!r} ends at byte {end}, the file "
-                             f"has {size}")
-    return header
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if name == "__metadata__" or not offsets:
+            continue
+        want = _ITEMSIZE.get(entry.get("dtype"), 0) * int(np.prod(entry.get("shape", ()),
+                                                                 dtype=np.int64))
+        if want and offsets[1] - offsets[0] != want:
+            return (f"{path}: tensor {name!r} is {entry['dtype']}{list(entry['shape'])} "
+                    f"({want} bytes) but its header's data_offsets span "
+                    f"{offsets[1] - offsets[0]} bytes")
+        if 8 + n + offsets[1] > size:
+            return (f"{path} is truncated: tensor {name!r} ends at byte {8 + n + offsets[1]}, "
+                    f"the file has {size}")
+    return f"{path}: not a valid safetensors file ({error})"
 
 
 class Checkpoint:
@@ -97,11 +106,11 @@ class Checkpoint:
         return self._file_of[name]
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._headers[self._file_of[name]][name]["shape"])
+        return self._headers[self._file_of[name]][name][1]
 
     def dtype(self, name: str) -> str:
         """safetensors dtype code, e.g. `F32`, `F16`, `BF16`."""
-        return self._headers[self._file_of[name]][name]["dtype"]
+        return self._headers[self._file_of[name]][name][0]
 
     def iter_tensors(self, names: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
         """Yields `(name, float32 array)` for `names`, file by file, one tensor at a time.
@@ -117,23 +126,16 @@ class Checkpoint:
 
     def _read(self, path: str, name: str) -> np.ndarray:
         """One tensor as float32; a non-float or non-finite weight is an error naming it."""
-        entry = self._headers[path][name]
-        if not entry["dtype"].startswith(("F", "BF")):
-            raise ValueError(f"tensor {name!r} in {path} is {entry['dtype']}: weights must be "
-                             "floating point")
-        special = _NUMPY_UNSUPPORTED.get(entry["dtype"])
-        if special is None:
-            try:
-                with safe_open(path, framework="numpy") as f:
-                    arr = np.asarray(f.get_tensor(name), dtype=np.float32)
-            except Exception as e:  # noqa: BLE001 - safetensors' errors name no file
-                raise ValueError(f"{path}: cannot read tensor {name!r}: {e}") from e
-        else:  # numpy has no bfloat16 / float8: read the raw bytes, view them with ml_dtypes
-            count = int(np.prod(entry["shape"], dtype=np.int64))
-            with open(path, "rb") as raw:
-                raw.seek(entry["start"])
-                data = np.fromfile(raw, dtype=np.dtype(special), count=count)
-            arr = data.reshape(entry["shape"]).astype(np.float32)
+        dtype = self._headers[path][name][0]
+        if dtype not in FLOAT_DTYPES:
+            kind = "floating point" if not dtype.startswith(("F", "BF")) else "one of"
+            raise ValueError(f"tensor {name!r} in {path} is {dtype}: weights must be {kind} "
+                             f"{FLOAT_DTYPES} (numpy holds no other)")
+        try:
+            with safe_open(path, framework="numpy") as f:
+                arr = np.asarray(f.get_slice(name)[:], dtype=np.float32)
+        except Exception as e:  # noqa: BLE001 - safetensors' errors name no file
+            raise ValueError(f"{path}: cannot read tensor {name!r}: {e}") from e
         bad = arr.size - int(np.isfinite(arr).sum())
         if bad:
             raise ValueError(f"tensor {name!r} in {path} has {bad} non-finite value(s) (NaN or "

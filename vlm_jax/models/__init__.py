@@ -12,6 +12,7 @@ from vlm_jax.models import presets
 from vlm_jax.models.config import (
     CompressorConfig,
     LLMConfig,
+    TextTowerConfig,
     ViTConfig,
     VLMConfig,
     to_dict,
@@ -23,8 +24,8 @@ from vlm_jax.models.vit import ViT
 from vlm_jax.models.vlm import VLM
 
 __all__ = ["build", "init_params", "abstract_params", "to_layout", "match_layout", "unstack_layers",
-           "dummy_inputs", "from_dict", "to_dict", "presets",
-           "ViTConfig", "LLMConfig", "CompressorConfig", "VLMConfig", "VLM", "ViT", "Decoder"]
+           "dummy_inputs", "from_dict", "to_dict", "presets", "ViTConfig", "LLMConfig",
+           "TextTowerConfig", "CompressorConfig", "VLMConfig", "VLM", "ViT", "Decoder"]
 
 
 def build(cfg: Any) -> nn.Module:

@@ -2,7 +2,8 @@
 
 Every compressor is called as `module(x, x_multi=None, text=None)` with
 x `[B, G*G, C]` (selected layer), x_multi `[B, G*G, C_multi]` (several layers concatenated),
-text `[B, D_llm]` (the question's query vector). Class attributes say what each one needs.
+text `[B, D_llm]` (the question's query vector). What each one reads besides `x`:
+`vlm_jax.models.config.COMPRESSOR_INPUTS` (`cfg.reads_multi`, `cfg.reads_text`).
 V = (G / k)^2 for an integer k dividing G; the output is row-major over the `G/k x G/k` grid.
 
 - `identity`: V = G*G.
@@ -115,9 +116,6 @@ class _Compressor(nn.Module):
     multi_width: int | None = None  # expected x_multi width (None: whatever comes)
     dtype: str = "float32"
 
-    needs_multi = False
-    needs_text = False
-
     @property
     def kernel(self) -> int:
         return window_size(self.cfg.num_tokens, self.grid, self.cfg.name)
@@ -147,8 +145,6 @@ def local_windows(t: jax.Array, side: int, k: int) -> jax.Array:
 class _WindowCrossAttention(_Compressor):
     """One query per output cell attends to the k x k tokens of `x_multi` under it."""
 
-    needs_multi = True
-
     def keys_values_attend(self, q: jax.Array, x_multi: jax.Array) -> jax.Array:
         """q `[B, V, C]` -> `[B, V, C]`."""
         cfg, c = self.cfg, self.width
@@ -166,14 +162,12 @@ class _WindowCrossAttention(_Compressor):
 class QueCC(_WindowCrossAttention):
     """Query-based convolutional cross-attention (docs/algorithms.md section 2). `-> [B, V, C]`."""
 
-    needs_text = True
-
     @nn.compact
     def __call__(self, x: jax.Array, x_multi: jax.Array | None = None,
                  text: jax.Array | None = None) -> jax.Array:
         cfg, c, dt = self.cfg, self.width, dtype_of(self.dtype)
         self.check_x(x)
-        if cfg.use_text_query:
+        if cfg.reads_text:
             if text is None or text.ndim != 2 or text.shape[0] != x.shape[0] or (
                     self.text_width is not None and text.shape[1] != self.text_width):
                 got = None if text is None else tuple(text.shape)
@@ -232,9 +226,6 @@ class Resampler(_Compressor):
 class Identity(nn.Module):
     """No compression: V = N."""
 
-    needs_multi = False
-    needs_text = False
-
     @nn.compact
     def __call__(self, x: jax.Array, x_multi: jax.Array | None = None,
                  text: jax.Array | None = None) -> jax.Array:
@@ -270,7 +261,7 @@ def build(cfg: CompressorConfig, *, grid: int, width: int, text_width: int | Non
     if cfg.name in _ATTENTION and (cfg.heads <= 0 or width % cfg.heads):
         raise ValueError(f"{cfg.name}: feature width C={width} is not divisible by "
                          f"heads={cfg.heads}")
-    if cfg.name == "quecc" and cfg.use_text_query and not text_width:
+    if cfg.reads_text and not text_width:
         raise ValueError("quecc with use_text_query=True needs text_width (D_llm) > 0")
     return REGISTRY[cfg.name](cfg=cfg, grid=grid, width=width, text_width=text_width,
                               multi_width=multi_width, dtype=dtype)

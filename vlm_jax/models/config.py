@@ -13,8 +13,13 @@ from typing import Any
 # Plain attention: "xla" (einsum + softmax) or "cudnn" (jax.nn.dot_product_attention's fused
 # GPU kernel). The pruning kernels' own vocabulary is vlm_jax.kernels.dispatch.IMPLS.
 ATTENTION_IMPLS = ("xla", "cudnn")
-# Compressors that can condition on the question (a text query from the LLM).
-TEXT_QUERY_COMPRESSORS = ("quecc",)
+# What each compressor reads besides the selected layer's features `x` (the one table; the
+# compressors, the FLOPs counts and `VLMConfig.uses_text_query` read it through
+# `CompressorConfig.reads_multi` / `reads_text`): "multi", several encoder layers (`x_multi`);
+# "text", the question's query vector (when `use_text_query` is on).
+COMPRESSOR_INPUTS: dict[str, tuple[str, ...]] = {
+    "identity": (), "avgpool": (), "resampler": (), "tokenpacker": ("multi",),
+    "quecc": ("multi", "text")}
 # Remat policies by name (jax.checkpoint_policies): what the backward pass may keep.
 REMAT_POLICIES = ("nothing", "dots", "dots_no_batch", "everything")
 
@@ -62,6 +67,29 @@ class ViTConfig:
     @property
     def num_positions(self) -> int:
         return self.grid**2 + int(self.class_token)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTowerConfig:
+    """The caption encoder of the stage-0 image-text pair model (`models.pair.TextTower`): a
+    bidirectional transformer of vision-encoder blocks over token embeddings."""
+
+    family: str = "clip"  # the block, as ViTConfig.family: "clip" quick-GELU, "siglip" tanh-GELU
+    width: int = 512
+    depth: int = 12
+    heads: int = 8
+    mlp_dim: int = 2048
+    norm_eps: float = 1e-5
+    max_len: int = 64  # caption tokens (learned position embeddings)
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.family not in ("clip", "siglip"):
+            raise ValueError(f"TextTowerConfig.family must be 'clip' or 'siglip', got "
+                             f"{self.family!r}")
+        if self.width % self.heads:
+            raise ValueError(f"text tower width {self.width} is not divisible by heads "
+                             f"{self.heads}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +143,17 @@ class CompressorConfig:
     heads: int = 8
     norm_eps: float = 1e-6
 
+    @property
+    def reads_multi(self) -> bool:
+        """Whether the compressor reads several encoder layers (`x_multi` `[B, G*G, C_multi]`)."""
+        return "multi" in COMPRESSOR_INPUTS.get(self.name, ())
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether it reads the question's query vector (`text` `[B, D_llm]`): a compressor
+        that can, with `use_text_query` on."""
+        return "text" in COMPRESSOR_INPUTS.get(self.name, ()) and self.use_text_query
+
 
 @dataclasses.dataclass(frozen=True)
 class VLMConfig:
@@ -138,9 +177,9 @@ class VLMConfig:
 
     @property
     def uses_text_query(self) -> bool:
-        """Whether the compressor reads the question (QueCC with `use_text_query`): the one
+        """Whether the compressor reads the question (`CompressorConfig.reads_text`): the one
         answer to "does this model take `question` / `question_valid` inputs"."""
-        return self.compressor.name in TEXT_QUERY_COMPRESSORS and self.compressor.use_text_query
+        return self.compressor.reads_text
 
     @property
     def num_patches(self) -> int:
@@ -155,6 +194,8 @@ class VLMConfig:
 
 
 CLASSES = {"vision": ViTConfig, "llm": LLMConfig, "compressor": CompressorConfig}
+# Configs that stand alone, by their dict's `kind`.
+KINDS = {"vision": ViTConfig, "llm": LLMConfig, "text": TextTowerConfig}
 
 
 def make(cls, d: dict[str, Any], where: str):
@@ -170,5 +211,5 @@ def make(cls, d: dict[str, Any], where: str):
 def to_dict(cfg) -> dict[str, Any]:
     """Plain nested dict of a config dataclass (JSON-friendly); `from_dict` inverts it."""
     d = dataclasses.asdict(cfg)
-    kind = {ViTConfig: "vision", LLMConfig: "llm"}.get(type(cfg))
+    kind = {v: k for k, v in KINDS.items()}.get(type(cfg))
     return {"kind": kind, **d} if kind else d

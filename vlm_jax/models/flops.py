@@ -29,11 +29,6 @@ from vlm_jax.models.config import LLMConfig, ViTConfig, VLMConfig
 
 Flops = dict[str, float]
 
-# docs/algorithms.md section 2: which compressors read several encoder layers / the text query. The
-# registry's class attributes win where a compressor module exists.
-_NEEDS_MULTI = {"quecc": True, "tokenpacker": True}
-_NEEDS_TEXT = {"quecc": True}
-
 
 def _with_total(d: dict[str, float]) -> Flops:
     out = {k: float(v) for k, v in d.items()}
@@ -156,23 +151,11 @@ def _hidden_index(i: int, depth: int, what: str) -> int:
     return j
 
 
-def _compressor_needs(name: str) -> tuple[bool, bool]:
-    """(needs_multi, needs_text) for compressor `name`."""
-    try:
-        from vlm_jax.models.compressors import REGISTRY
-        cls = REGISTRY.get(name)
-    except ImportError:
-        cls = None
-    multi = getattr(cls, "needs_multi", _NEEDS_MULTI.get(name, False))
-    text = getattr(cls, "needs_text", _NEEDS_TEXT.get(name, False))
-    return bool(multi), bool(text)
-
-
 def vision_layers_needed(cfg: VLMConfig) -> int:
     """Encoder layers the VLM needs: up to the deepest hidden state it reads."""
     sel = cfg.vision_feature_layer
     idx = [(i, "vision_feature_layer") for i in ([sel] if isinstance(sel, int) else sel)]
-    if cfg.compressor.name != "identity" and _compressor_needs(cfg.compressor.name)[0]:
+    if cfg.compressor.reads_multi:
         idx += [(i, "compressor.feature_layers") for i in cfg.compressor.feature_layers]
     return max(_hidden_index(i, cfg.vision.depth, what) for i, what in idx)
 
@@ -333,11 +316,9 @@ def _compressor_params(cfg: VLMConfig) -> int:
     from vlm_jax.models import compressors
     g, c = cfg.vision.grid, _feature_width(cfg)
     module = compressors.build(cfg.compressor, grid=g, width=c, text_width=cfg.llm.width)
-    multi, text = _compressor_needs(cfg.compressor.name)
     kw = {"x_multi": jnp.zeros((1, g * g, cfg.vision.width * len(cfg.compressor.feature_layers)))
-          if multi else None,
-          "text": jnp.zeros((1, cfg.llm.width)) if text and cfg.uses_text_query
-          else None}
+          if cfg.compressor.reads_multi else None,
+          "text": jnp.zeros((1, cfg.llm.width)) if cfg.uses_text_query else None}
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, g * g, c)),
                                                 **kw))
     return sum(math.prod(s.shape) for s in jax.tree.leaves(shapes.get("params", {})))

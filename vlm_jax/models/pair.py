@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.config import ViTConfig
+from vlm_jax.models.config import TextTowerConfig, ViTConfig
 from vlm_jax.models.layers import dense, dtype_of, layer_norm
 from vlm_jax.models.vit import EncoderLayer, ViT
 
@@ -19,24 +19,23 @@ from vlm_jax.models.vit import EncoderLayer, ViT
 class TextTower(nn.Module):
     """Bidirectional transformer over caption tokens, mean-pooled over valid tokens.
 
-    tokens, valid: `[B, L]` -> `[B, C]`. Reuses the vision encoder block (width/depth/heads of
-    `cfg`; `image_size`/`patch_size` are ignored).
+    tokens, valid: `[B, L]` -> `[B, C]` (L <= `cfg.max_len`), built of the vision encoder's
+    block.
     """
 
-    cfg: ViTConfig
+    cfg: TextTowerConfig
     vocab_size: int
-    max_len: int = 64
 
     @nn.compact
     def __call__(self, tokens: jax.Array, valid: jax.Array) -> jax.Array:
         cfg, dt = self.cfg, dtype_of(self.cfg.dtype)
-        if tokens.shape[1] > self.max_len:
-            raise ValueError(f"caption length {tokens.shape[1]} > text tower max_len {self.max_len}")
+        if tokens.shape[1] > cfg.max_len:
+            raise ValueError(f"caption length {tokens.shape[1]} > text tower max_len {cfg.max_len}")
         emb = nn.Embed(self.vocab_size, cfg.width, dtype=dt, param_dtype=jnp.float32,
                        name="token_embedding", embedding_init=nn.with_logical_partitioning(
                            nn.initializers.normal(0.02), ("vocab", "vis_embed")))
         pos = self.param("position_embedding", nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), (None, "vis_embed")), (self.max_len, cfg.width),
+            nn.initializers.normal(0.02), (None, "vis_embed")), (cfg.max_len, cfg.width),
             jnp.float32)
         x = emb(tokens) + pos[None, : tokens.shape[1]].astype(dt)
         for i in range(cfg.depth):
@@ -50,7 +49,7 @@ class ImageTextPair(nn.Module):
     """SigLIP-style two-tower model (see module docstring)."""
 
     vision: ViTConfig
-    text: ViTConfig
+    text: TextTowerConfig
     vocab_size: int
     embed_dim: int = 64
 

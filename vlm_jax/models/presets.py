@@ -11,8 +11,10 @@ from typing import Any
 
 from vlm_jax.models.config import (
     CLASSES,
+    KINDS,
     CompressorConfig,
     LLMConfig,
+    TextTowerConfig,
     ViTConfig,
     VLMConfig,
     make,
@@ -99,10 +101,11 @@ def get(name: str) -> ViTConfig | LLMConfig | VLMConfig:
     raise ValueError(f"unknown model preset {name!r}; known: {NAMES}")
 
 
-def from_dict(d: Any) -> ViTConfig | LLMConfig | VLMConfig:
+def from_dict(d: Any) -> ViTConfig | LLMConfig | TextTowerConfig | VLMConfig:
     """A config dataclass from a dict / ConfigDict / dataclass / preset name.
 
-    A dict with `vision` and `llm` is a VLM; otherwise `kind` ('vision' | 'llm') says which.
+    A dict with `vision` and `llm` is a VLM; otherwise `kind` ('vision' | 'llm' | 'text') says
+    which.
     """
     if dataclasses.is_dataclass(d):
         return d
@@ -124,10 +127,10 @@ def from_dict(d: Any) -> ViTConfig | LLMConfig | VLMConfig:
         cfg = make(VLMConfig, {k: x for k, x in d.items() if k not in CLASSES}, "model")
         return dataclasses.replace(cfg, **sub)
     kind = d.pop("kind", None)
-    if kind not in CLASSES or kind == "compressor":
-        raise ValueError(f"model config needs `vision` and `llm`, or kind='vision'|'llm'; got "
-                         f"keys {sorted(d)} with kind={kind!r}")
-    return make(CLASSES[kind], d, "model")
+    if kind not in KINDS:
+        raise ValueError(f"model config needs `vision` and `llm`, or kind='vision'|'llm'|'text'; "
+                         f"got keys {sorted(d)} with kind={kind!r}")
+    return make(KINDS[kind], d, "model")
 
 
 # The tiny sweep's LLM sizes (configs/sweep_tiny.py): name -> (width, depth, heads, kv_heads).

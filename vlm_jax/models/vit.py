@@ -23,8 +23,6 @@ from vlm_jax.models.layers import (
     scan_layers,
 )
 
-_VIS = ("vis_embed",)
-
 
 class ViTOutput(NamedTuple):
     hidden_states: tuple[jax.Array, ...]  # depth + 1 of [B, T, C]

@@ -100,7 +100,7 @@ class VLM(nn.Module):
                     f"{cfg.vision.grid} patch grid but the selected features have {x.shape[1]} "
                     f"tokens; set vision_feature_select to drop the class token ('default' for "
                     f"CLIP, 'full' for SigLIP)")
-            if comp.needs_multi:
+            if cfg.compressor.reads_multi:
                 x_multi = select_layers(hidden, cfg.compressor.feature_layers)[:, -x.shape[1]:]
             if cfg.uses_text_query:
                 if question is None:

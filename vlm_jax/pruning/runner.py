@@ -36,9 +36,11 @@ import ml_collections
 import numpy as np
 
 from vlm_jax import models
+from vlm_jax.config_args import merge_defaults
 from vlm_jax.eval import generate
 from vlm_jax.io import write_json_atomic
-from vlm_jax.pruning import diagnostics, metrics, report, schedules
+from vlm_jax.pruning import calibration as calib_lib
+from vlm_jax.pruning import diagnostics, report, schedules
 from vlm_jax.pruning.forward import PruneSpec
 from vlm_jax.pruning.gsearch import EvalCache, MetricFn, default_grid, g_search
 from vlm_jax.pruning.psigmoid import psigmoid_search
@@ -61,24 +63,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def checked_config(config) -> ml_collections.ConfigDict:
-    """config merged over the defaults; unknown keys raise naming the section."""
-    base = default_config()
-    for section in (None, "calib", "prune"):
-        have = config if section is None else config.get(section, {})
-        want = base if section is None else base[section]
-        unknown = set(have.keys()) - set(want.keys())
-        if unknown:
-            raise ValueError(f"unknown key(s) {sorted(unknown)} in config"
-                             f"{'.' + section if section else ''}; known: {sorted(want.keys())}")
-    merged = ml_collections.ConfigDict(config.to_dict())
-    for key, value in base.items():
-        if key not in merged:
-            merged[key] = value
-        elif key in ("calib", "prune"):
-            for k, v in value.items():
-                if k not in merged[key]:
-                    merged[key][k] = v
-    return merged
+    """config merged over the defaults; an unknown key raises naming its section."""
+    return merge_defaults(config, default_config(), "", whole=("model",))
 
 
 def load_model(config) -> tuple[models.VLMConfig, dict, ml_collections.ConfigDict | None]:
@@ -131,10 +117,10 @@ def calibration(cfg, params, train_cfg, c) -> tuple[dict, MetricFn]:
         return _eval_calibration(cfg, params, train_cfg, c)
     if c.calib.source != "random":
         raise ValueError(f"calib.source must be 'random' or 'eval', got {c.calib.source!r}")
-    calib = metrics.random_calibration(cfg, c.calib.num_examples, c.calib.prompt_len,
+    calib = calib_lib.random_calibration(cfg, c.calib.num_examples, c.calib.prompt_len,
                                        c.calib.answer_len, c.calib.max_pad, c.calib.seed)
-    calib = metrics.with_model_answers(cfg, params, calib, c.calib.batch_size)
-    return calib, metrics.make_metric(cfg, params, calib, c.prune.metric, c.prune.query,
+    calib = calib_lib.with_model_answers(cfg, params, calib, c.calib.batch_size)
+    return calib, calib_lib.make_metric(cfg, params, calib, c.prune.metric, c.prune.query,
                                       c.prune.impl, c.calib.batch_size)
 
 
@@ -142,7 +128,7 @@ def ttft(cfg, params, batch: dict, specs: dict[str, PruneSpec | None], runs: int
          ) -> dict[str, float]:
     """Median seconds of a jitted (pruned) prefill + first token on `batch`, per named spec
     (None: unpruned), timed round-robin."""
-    module, inputs = models.build(cfg), metrics.generator_inputs(batch)
+    module, inputs = models.build(cfg), calib_lib.generator_inputs(batch)
     fns = {name: functools.partial(generate.prefill, module, 1, spec, params, inputs)
            for name, spec in specs.items()}
     return report.measure_interleaved(fns, runs)

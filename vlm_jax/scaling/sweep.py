@@ -28,15 +28,29 @@ import time
 
 import ml_collections
 
-from vlm_jax.config_args import check_keys
+from vlm_jax.config_args import merge_defaults
 from vlm_jax.io import write_json_atomic
 from vlm_jax.scaling import executors, report
 
 log = logging.getLogger(__name__)
 
-SWEEP_KEYS = {"grid", "families", "text_tokens", "n_unit", "check_inputs"}
 STAGE_RECORD = "stage.json"
 RESULT = "result.json"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`config.sweep`'s keys. `grid.llm`, `grid.num_tokens` and `grid.compressor` must be
+    given (see `make_points`); `text_tokens` 0: the mean text length of the points."""
+    return ml_collections.ConfigDict(dict(
+        grid=dict(llm={}, num_tokens=(), compressor=(), compressor_at={}, llm_vars={},
+                  llm_point={}),
+        families=("reasoning", "ocr"), text_tokens=0.0, check_inputs=True))
+
+
+def sweep_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.sweep` over `default_config()`; an unknown key is an error naming it."""
+    return merge_defaults(config.sweep, default_config(), "sweep", whole=tuple(
+        f"grid.{k}" for k in ("llm", "compressor_at", "llm_vars", "llm_point")))
 
 
 def point_name(llm: str, num_tokens: int, compressor: str) -> str:
@@ -66,18 +80,20 @@ def make_points(config: ml_collections.ConfigDict, workdir: str
     `sweep.grid.compressor_at` (optional): "V" -> the compressor used at that token count
     instead (e.g. the plain projector at full resolution).
     """
-    check_keys(config.sweep, SWEEP_KEYS, "sweep")
-    grid = config.sweep.grid
+    grid = sweep_config(config).grid
+    if not (grid.llm and grid.num_tokens and grid.compressor):
+        raise ValueError("config.sweep.grid needs llm, num_tokens and compressor, got "
+                         f"{grid.llm and list(grid.llm)}, {grid.num_tokens}, {grid.compressor}")
     llms = dict(grid.llm)  # name -> LLM config dict
-    per_llm = {k: dict(v) for k, v in dict(grid.get("llm_point", {})).items()}
+    per_llm = {k: dict(v) for k, v in dict(grid.llm_point).items()}
     unknown = sorted(set(per_llm) - set(llms))
     if unknown:
         raise ValueError(f"sweep.grid.llm_point names LLM(s) {unknown} not in sweep.grid.llm")
-    at = {int(k): v for k, v in dict(grid.get("compressor_at", {})).items()}
+    at = {int(k): v for k, v in dict(grid.compressor_at).items()}
     points = []
     for (llm, llm_cfg), v, comp in itertools.product(llms.items(), grid.num_tokens, grid.compressor):
         comp = at.get(int(v), comp)
-        values = {"llm": llm, **dict(dict(grid.get("llm_vars", {})).get(llm, {}))}
+        values = {"llm": llm, **dict(dict(grid.llm_vars).get(llm, {}))}
         tree = substitute(_merge(config.point.to_dict(), per_llm.get(llm, {})), values)
         cfg = ml_collections.ConfigDict(tree)
         with cfg.unlocked():
@@ -276,7 +292,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, run: executors.Ru
     points = make_points(config, workdir)
     if dry_run:
         print("\n".join(["# sweep plan", *plan(config, workdir)]))
-    elif config.sweep.get("check_inputs", True):
+    elif sweep_config(config).check_inputs:
         bad = [m for name, p in points for m in missing_inputs(*point_inputs(config, name, p,
                                                                              workdir)[1:])]
         if bad:
@@ -333,8 +349,9 @@ def collect(workdir: str, names: list[str]) -> list[dict]:
 
 def tabulate_and_fit(config, workdir: str, rows: list[dict]) -> dict:
     """Writes results.{csv,json}, fit.json and the plots (vlm_jax.scaling.report)."""
-    families = list(config.sweep.get("families", ("reasoning", "ocr")))
-    q = float(config.sweep.get("text_tokens", 0) or sum(r["text_tokens"] for r in rows) / len(rows))
+    sweep = sweep_config(config)
+    families = list(sweep.families)
+    q = float(sweep.text_tokens or sum(r["text_tokens"] for r in rows) / len(rows))
     return report.tabulate_and_fit(workdir, rows, families, q)
 
 

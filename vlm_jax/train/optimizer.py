@@ -11,10 +11,7 @@ import jax
 import ml_collections
 import optax
 
-from vlm_jax.config_args import check_keys
-
-OPTIM_KEYS = {"lr", "warmup_frac", "schedule", "end_lr_frac", "weight_decay", "b1", "b2", "eps",
-              "clip_norm", "grad_accum", "frozen", "lr_groups", "no_decay"}
+from vlm_jax.config_args import merge_defaults
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -76,7 +73,7 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int, lr: float) -> opt
 def make_optimizer(cfg: ml_collections.ConfigDict, params, total_steps: int
                    ) -> optax.GradientTransformation:
     """The optimiser for `params` (used only for their tree structure and paths)."""
-    check_keys(cfg, OPTIM_KEYS, "optim")
+    cfg = merge_defaults(cfg, default_config(), "optim")  # an unknown key is an error
     no_decay = re.compile(cfg.no_decay) if cfg.no_decay else None
     decay_mask = jax.tree_util.tree_map_with_path(
         lambda p, _: not (no_decay and no_decay.search(path_str(p))), params)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from typing import Any
 
 import flax.linen as nn
@@ -22,20 +21,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
 from etils import epath
 from flax import traverse_util
 
 from vlm_jax import io, sharding
-from vlm_jax.config_args import check_keys
+from vlm_jax.config_args import merge_defaults
 from vlm_jax.train import checkpoint as ckpt_lib
-from vlm_jax.train import data_feed, init_from, tasks
-from vlm_jax.train.optimizer import make_optimizer, path_str, trainable_mask
+from vlm_jax.train import data_feed, init_from, objectives
+from vlm_jax.train.optimizer import make_optimizer, trainable_mask
 
 log = logging.getLogger(__name__)
 
-TRAIN_KEYS = {"steps", "batch_size", "log_every", "ckpt_every", "keep_ckpts", "async_ckpt",
-              "seed", "activation_constraints", "max_loss_ratio", "allow_config_change"}
 # Config keys a resumed run may change: they do not alter the trained parameters.
 RESUME_NEUTRAL = ("mode", "eval", "mesh", "sharding", "llm_name", "executor", "data.data_dir",
                   "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.async_ckpt",
@@ -54,6 +51,21 @@ def default_config() -> ml_collections.ConfigDict:
         allow_config_change=False))  # resume despite result-altering config changes
 
 
+_PROGRESS_NOTE = "Setting work unit notes: %s"  # how clu's local work unit logs its notes
+
+
+def _progress_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.msg == _PROGRESS_NOTE
+
+
+def show_progress_notes() -> None:
+    """Shows the trainer's progress notes (clu logs them through absl at INFO) and, of absl's
+    other records (orbax, grain), only warnings and errors."""
+    absl_logger = logging.getLogger("absl")
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.addFilter(_progress_or_warning)  # once: the same filter is not added twice
+
+
 class LossDivergedError(FloatingPointError):
     """The loss guard stopped the run (names the step and the last good checkpoint)."""
 
@@ -62,8 +74,10 @@ class NonFiniteLossError(LossDivergedError):
     pass
 
 
-def check_train_config(tcfg) -> None:
-    """Positive integer step counts, up front (not a ZeroDivisionError after step 1)."""
+def check_train_config(train: Any) -> ml_collections.ConfigDict:
+    """`config.train` over the defaults (an unknown key is an error naming it), with positive
+    integer step counts, checked up front (not a ZeroDivisionError after step 1)."""
+    tcfg = merge_defaults(train, default_config(), "train")
     hints = {"steps": " (0 would write the summary of an untrained model)",
              "ckpt_every": " (set it to train.steps to save only at the end)"}
     for key in ("steps", "batch_size", "log_every", "ckpt_every", "keep_ckpts"):
@@ -71,6 +85,7 @@ def check_train_config(tcfg) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config.train.{key} must be a positive integer, got {value!r}"
                              + hints.get(key, ""))
+    return tcfg
 
 
 def config_changes(saved: dict, new: dict) -> list[str]:
@@ -88,17 +103,6 @@ def config_changes(saved: dict, new: dict) -> list[str]:
     return changes
 
 
-def _match_suffix(tree, param_shardings: dict[str, Any], replicated):
-    """Sharding for optimiser-state leaves: that of the parameter whose path ends theirs."""
-    def pick(path, _):
-        p = path_str(path)
-        for name, s in param_shardings.items():
-            if p == name or p.endswith("/" + name):
-                return s
-        return replicated
-    return jax.tree_util.tree_map_with_path(pick, tree)
-
-
 class Trainer:
     """Holds the compiled step, shardings and state for one run (see module docstring)."""
 
@@ -106,32 +110,34 @@ class Trainer:
                  devices=None):
         """`devices`: the mesh's devices (default `jax.devices()`; launch/aot.py passes a TPU
         topology's devices to compile ahead of time)."""
-        check_keys(config.train, TRAIN_KEYS, "train")
-        check_train_config(config.train)
+        tcfg = check_train_config(config.train)
         self.config, self.workdir = config, workdir
-        self.task = tasks.make_task(config, vocab_size)
+        self.task = objectives.make_task(config, vocab_size)
         self.mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
-        constraints = config.train.get("activation_constraints", "auto")
+        constraints = tcfg.activation_constraints
         if constraints not in ("on", "off", "auto"):
             raise ValueError("train.activation_constraints must be 'on', 'off' or 'auto', got "
                              f"{constraints!r}")
         self.constrain_activations = constraints == "on" or (
             constraints == "auto" and self.mesh.shape["tensor"] > 1)
         self.rules = sharding.rules_for(config.sharding)
-        boxed = tasks.abstract_params(self.task)["params"]
+        boxed = objectives.abstract_params(self.task)["params"]
         abstract = nn.meta.unbox(boxed)
         param_sh = sharding.logical_shardings(boxed, self.mesh, self.rules)
         frozen = config.optim.frozen
         if frozen is None:
-            frozen = tasks.FROZEN_BY_STAGE[config.stage]
+            frozen = objectives.FROZEN_BY_STAGE[config.stage]
         self.optim_cfg = ml_collections.ConfigDict(dict(config.optim, frozen=frozen))
         self.trainable = trainable_mask(abstract, frozen)
-        self.tx = make_optimizer(self.optim_cfg, abstract, config.train.steps)
+        self.tx = make_optimizer(self.optim_cfg, abstract, tcfg.steps)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        by_path = {path_str(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_sh)}
-        opt_abstract = jax.eval_shape(self.tx.init, abstract)
+        # optax maps over the boxed params, so every param-shaped state leaf (Adam mu / nu,
+        # accumulated gradients) keeps its param's logical axes; counts are replicated.
+        opt_boxed = jax.eval_shape(self.tx.init, boxed)
+        opt_abstract = nn.meta.unbox(opt_boxed)
         self.state_shardings = {"step": replicated, "params": param_sh,
-                                "opt_state": _match_suffix(opt_abstract, by_path, replicated)}
+                                "opt_state": sharding.logical_shardings(opt_boxed, self.mesh,
+                                                                        self.rules)}
         self.abstract_state = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract,
@@ -159,7 +165,7 @@ class Trainer:
     def init_state(self) -> dict:
         """Fresh state: random init (then `config.init_from` if set), sharded on the mesh."""
         rng = jax.random.key(self.config.train.seed)
-        params = jax.jit(lambda r: nn.meta.unbox(tasks.init_params(self.task, r)["params"]),
+        params = jax.jit(lambda r: nn.meta.unbox(objectives.init_params(self.task, r)["params"]),
                          out_shardings=self.state_shardings["params"])(rng)
         if self.config.get("init_from"):
             host = init_from.apply(self.config.init_from,
@@ -228,14 +234,12 @@ def _stop(ckpts: ckpt_lib.Checkpoints, step: int, loss: float, loss_min: float,
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) a training run; returns the run summary. A finished run is not
     rerun: its summary (and metrics) stay as they were."""
-    check_keys(config.train, TRAIN_KEYS, "train")
-    check_train_config(config.train)
+    tcfg = check_train_config(config.train)
     if "://" not in workdir:  # gs:// (pods): orbax and the writers make what they need
         os.makedirs(workdir, exist_ok=True)
     feed = data_feed.make(config)
     trainer = Trainer(config, workdir, vocab_size=feed.vocab_size)
-    tcfg = config.train
-    ratio = float(tcfg.get("max_loss_ratio", 10.0))
+    ratio = float(tcfg.max_loss_ratio)
     ckpts = ckpt_lib.Checkpoints(workdir, keep=tcfg.keep_ckpts, async_save=tcfg.async_ckpt)
     it = feed.iterator()
     found = ckpts.restore_latest(trainer.abstract_state, it, _resume_check(config, workdir))
@@ -255,7 +259,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_json = config.to_dict()
     metrics: dict[str, float] = dict(record.get("metrics", {}))
     loss_min = float(record.get("loss_min", np.inf))
-    t0, first = time.time(), start + 1
+    # steps/s, % done and ETA every log_every steps: logged as the work unit's notes and
+    # written (steps_per_sec, uptime) beside the metrics.
+    progress = periodic_actions.ReportProgress(num_train_steps=tcfg.steps, writer=writer,
+                                               every_steps=tcfg.log_every, every_secs=None)
+    progress(start)  # the first call only starts the clock
 
     def finish(step: int, m: dict) -> None:
         """Checks, logs and checkpoints a dispatched step (blocks until it is done)."""
@@ -268,12 +276,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if logged or step % tcfg.ckpt_every == 0:
             metrics = {k: float(v) for k, v in m.items()}
         if logged:
-            dt = time.time() - t0
-            rate = (step - first + 1) / dt
-            metrics.update(steps_per_sec=rate, examples_per_sec=rate * tcfg.batch_size)
             writer.write_scalars(step, metrics)
-            log.info("step %d/%d loss %.4f  %.2f steps/s  %.1f ex/s  ETA %.0fs", step, tcfg.steps,
-                     loss, rate, rate * tcfg.batch_size, (tcfg.steps - step) / max(rate, 1e-9))
+            log.info("step %d/%d loss %.4f", step, tcfg.steps, loss)
+        progress(step)
         if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
             ckpts.save(step, state, it, config_json,
                        record={"loss": loss, "loss_min": loss_min, "metrics": metrics})

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax import models
-from vlm_jax.models.config import ViTConfig, VLMConfig
+from vlm_jax.models.config import TextTowerConfig, ViTConfig, VLMConfig
 from vlm_jax.models.pair import ImageTextPair
 from vlm_jax.train.losses import next_token_loss, sigmoid_pair_loss
 
@@ -62,7 +62,7 @@ def vlm_task(cfg: VLMConfig, seq_len: int, question_len: int) -> Task:
     return Task(module, keys, init_batch, loss, cfg)
 
 
-def pair_task(vision: ViTConfig, text: ViTConfig, vocab_size: int, embed_dim: int,
+def pair_task(vision: ViTConfig, text: TextTowerConfig, vocab_size: int, embed_dim: int,
               caption_len: int) -> Task:
     module = ImageTextPair(vision, text, vocab_size, embed_dim)
     size = vision.image_size
@@ -85,7 +85,7 @@ def make_task(config: ml_collections.ConfigDict, vocab_size: int | None = None) 
     (tower dicts), `embed_dim`; stages 1/2 read `config.model`."""
     if config.stage == 0:
         vision = models.from_dict(dict(config.pair.vision, kind="vision"))
-        text = models.from_dict(dict(config.pair.text, kind="vision"))
+        text = models.from_dict(dict(config.pair.text, kind="text"))
         return pair_task(vision, text, vocab_size or config.pair.vocab_size,
                          config.pair.embed_dim, config.data.max_text_len)
     if config.stage in (1, 2):
