@@ -152,3 +152,15 @@ def test_report_writes_table_fit_and_plots(tmp_path):
     assert fits["ocr"]["verdict"]["matters_more"] == "tokens"
     text = report.format_summary(summary)
     assert "reasoning: parameters matter more" in text and "ocr: visual tokens matter" in text
+
+
+def test_single_n_table_names_alpha_in_json_and_stderr(tmp_path):
+    rows = [(4e6, v, 1 - (0.3 * 4**-0.2 * v**-0.1 + 0.1)) for v in (1, 4, 16, 64, 144)]
+    path = write_csv(tmp_path / "n4m.csv", ["N", "V", "score"], rows)
+    r = subprocess.run([sys.executable, "-m", "vlm_jax.scaling", "fit", path, "--text-tokens",
+                        "10", "--bootstrap", "0"], capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert "alpha" in out["unidentified"] and "beta" not in out["unidentified"]
+    assert "warning: every row has the same N = 4e+06: alpha is not identified" in r.stderr
