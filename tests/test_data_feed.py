@@ -31,3 +31,12 @@ def test_each_process_reads_its_share_of_the_global_batch(tmp_path, monkeypatch)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     feed = data_feed.make(_config(tmp_path, 8))
     assert feed.loader.batch_size == 4
+
+
+def test_eval_batch_must_divide_by_the_process_count(tmp_path, monkeypatch):
+    from vlm_jax.eval import evaluator
+    c = _config(tmp_path, 8)
+    c.eval.batch_size = 6
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    with pytest.raises(ValueError, match=r"eval\.batch_size=6 .* 4 JAX processes"):
+        evaluator.evaluate_config(c, params=None)

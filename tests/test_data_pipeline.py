@@ -41,7 +41,7 @@ def test_train_batch_contract(cfg):
     loader = _loader(cfg)
     batch = next(iter(loader))
     L = V + cfg.max_text_len
-    shapes = {"image": ((B, RES, RES, 3), np.float32), "tokens": ((B, L), np.int32),
+    shapes = {"images": ((B, RES, RES, 3), np.float32), "tokens": ((B, L), np.int32),
               "valid": ((B, L), np.bool_), "loss_mask": ((B, L), np.float32),
               "question": ((B, 16), np.int32), "question_valid": ((B, 16), np.bool_),
               "example_mask": ((B,), np.bool_)}
@@ -49,18 +49,44 @@ def test_train_batch_contract(cfg):
         assert batch[key].shape == shape and batch[key].dtype == dtype, key
     for key in data.META_KEYS:
         assert batch[key].dtype == object and batch[key].shape == (B,)
-    assert "prompt" not in batch and batch["example_mask"].all()
+    assert batch["example_mask"].all()
     arrays, meta = data.split_batch(batch)
     assert set(meta) == set(data.META_KEYS) and set(arrays) <= set(data.ARRAY_KEYS)
 
 
+def test_batch_keys_are_the_model_call_arguments(cfg):
+    """Train and eval batches are keyed by `VLM.__call__`'s argument names (its `positions`
+    come from `valid`), plus the objective's `loss_mask` (train) and `example_mask`."""
+    import inspect
+
+    from vlm_jax import batch as batch_lib
+    from vlm_jax.models.pair import ImageTextPair
+    from vlm_jax.models.vlm import VLM
+
+    def args(fn):
+        return [p for p in inspect.signature(fn).parameters if p != "self"]
+
+    model_args = [a for a in args(VLM.__call__) if a != "positions"]
+    assert list(batch_lib.VLM_KEYS + batch_lib.VLM_TEXT_QUERY_KEYS) == model_args
+    assert list(batch_lib.PAIR_KEYS) == args(ImageTextPair.__call__)
+    for mode, extra in (("train", {"loss_mask", "example_mask"}), ("eval", {"example_mask"})):
+        arrays, _ = data.split_batch(next(iter(_loader(cfg, mode=mode, split="validation"))))
+        assert set(arrays) == set(model_args) | extra, mode
+
+
 def test_tokens_placeholders_padding_and_loss_mask(cfg):
+    """Train batches hold the whole conversation (right-padded, `loss_mask`); eval batches of
+    the same records hold its generation prompt as `tokens` (left-padded)."""
     loader = _loader(cfg, mode="eval", split="validation")
+    train = iter(_loader(cfg, split="validation", shuffle=False))  # same records, same order
     tok = loader.tokenizer
     img = tok.image_token_id
     for batch in loader:
+        full = next(train)
+        assert "loss_mask" not in batch
         for i in np.flatnonzero(batch["example_mask"]):
-            toks, valid, mask = batch["tokens"][i], batch["valid"][i], batch["loss_mask"][i]
+            assert full["id"][i] == batch["id"][i]
+            toks, valid, mask = full["tokens"][i], full["valid"][i], full["loss_mask"][i]
             n = valid.sum()
             assert valid[:n].all() and not valid[n:].any()  # right-padded
             assert (toks[n:] == tok.pad_id).all()
@@ -68,7 +94,7 @@ def test_tokens_placeholders_padding_and_loss_mask(cfg):
             assert not mask[~valid].any()
             # The loss covers exactly the answer and eos, predicted from the prompt.
             assert tok.decode(toks[mask == 1], skip_special=False) == f"{batch['answer'][i]}</s>"
-            p, pv = batch["prompt"][i], batch["prompt_valid"][i]
+            p, pv = batch["tokens"][i], batch["valid"][i]
             m = pv.sum()
             assert pv[-m:].all() and not pv[:-m].any()  # left-padded
             assert (p[:-m] == tok.pad_id).all() and (p == img).sum() == V
@@ -84,13 +110,13 @@ def test_images_normalised_from_the_stored_pixels(cfg):
     for i in range(B):
         split, idx = batch["id"][i].split("-")
         ref = generate_example(syn, split, int(idx))
-        np.testing.assert_allclose(batch["image"][i] * 255, ref["image"], atol=1e-3)
+        np.testing.assert_allclose(batch["images"][i] * 255, ref["image"], atol=1e-3)
         assert batch["answer"][i] == ref["answer"] and batch["task"][i] == ref["task"]
     clip = next(iter(_loader(cfg, normalization="clip", shuffle=False)))
     mean, std = mean_std("clip")
-    np.testing.assert_allclose(clip["image"] * std + mean, batch["image"], atol=1e-5)
+    np.testing.assert_allclose(clip["images"] * std + mean, batch["images"], atol=1e-5)
     big = next(iter(_loader(cfg, normalization="siglip", image_size=48)))
-    assert big["image"].shape == (B, 48, 48, 3) and -1.001 <= big["image"].min()
+    assert big["images"].shape == (B, 48, 48, 3) and -1.001 <= big["images"].min()
 
 
 def test_pad_aspect_uses_the_mean_colour():
@@ -299,5 +325,5 @@ def test_batches_equal_the_reference_pipeline(cfg):
         for i in range(B):
             rec = source._from_tfds(i)
             assert batch["id"][i] == rec["id"]
-            np.testing.assert_array_equal(batch["image"][i],
+            np.testing.assert_array_equal(batch["images"][i],
                                           _reference_image(rec["image"], size, "pad", mean, std))

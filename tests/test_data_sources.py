@@ -108,7 +108,7 @@ def test_llava_loader_skips_corrupt_and_long_with_counts(folder):
     assert loader.skipped == {"missing_image": 2, "no_image_marker": 2, "bad_format": 1,
                               "corrupt_image": 1, "too_long": 1}
     b = batches[0]
-    assert b["image"].shape == (3, 16, 16, 3) and b["tokens"].shape == (3, 204)
+    assert b["images"].shape == (3, 16, 16, 3) and b["tokens"].shape == (3, 204)
 
 
 def test_llava_loader_raises_on_corrupt(folder):

@@ -80,18 +80,18 @@ def test_pruned_generation_equals_uncached_greedy_decoding(setup):
     batch = next(iter(_loader(c, cfg, 8)))
     steps = 4
     spec = PruneSpec(schedules.fastv(cfg.llm.depth, cfg.num_visual_tokens, k=1, ratio=0.5))
-    inputs = {"image": batch["image"], "tokens": batch["prompt"], "valid": batch["prompt_valid"],
+    inputs = {"images": batch["images"], "tokens": batch["tokens"], "valid": batch["valid"],
               "question": batch["question"], "question_valid": batch["question_valid"]}
     got = Generator(models.build(cfg), steps, prune=spec)(params, inputs).tokens
 
-    prompt, valid = np.asarray(batch["prompt"]), np.asarray(batch["prompt_valid"]).astype(bool)
+    prompt, valid = np.asarray(batch["tokens"]), np.asarray(batch["valid"]).astype(bool)
     b, n = prompt.shape
     assert valid[:, -1].all() and not valid.all()  # left-padded, some rows padded
     query = np.zeros((b, n + steps), bool)
     query[:, n - 1] = True  # the prompt's last token ranks visual tokens, as in the prefill
     tokens = np.concatenate([prompt, np.zeros((b, steps), np.int32)], 1)
     forward = jax.jit(lambda t, v: VLM(cfg).apply(
-        {"params": params}, batch["image"], t, v, None, batch["question"],
+        {"params": params}, batch["images"], t, v, None, batch["question"],
         batch["question_valid"], prune=spec, query=query, method="forward"))
     for t in range(steps):  # not-yet-generated slots are right padding: causal, they change nothing
         out = forward(tokens, np.concatenate([valid, np.arange(steps)[None].repeat(b, 0) < t], 1))

@@ -15,7 +15,7 @@ from vlm_jax.models import presets
 from vlm_jax.models.cache import init_cache
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import PruneSpec, cache_sizes
-from vlm_jax.pruning.calibration import generator_inputs, random_calibration
+from vlm_jax.pruning.calibration import model_inputs, random_calibration
 from vlm_jax.train import init_from
 from vlm_jax.train.checkpoint import Checkpoints
 
@@ -131,7 +131,7 @@ def test_scanned_generation_equals_unscanned(model, batch, keep):
     same stacked parameters layer by layer on per-layer caches. Both give the same tokens."""
     cfg, scanned, params, sparams = model
     spec = None if keep is None else PruneSpec(keep, query="text")
-    inputs = generator_inputs(batch)
+    inputs = model_inputs(batch)
     ref = generate.Generator(VLM(cfg), 3, prune=spec).tokens(params, inputs)
     got = generate.Generator(VLM(scanned), 3, prune=spec).tokens(sparams, inputs)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))

@@ -15,7 +15,7 @@ from vlm_jax.models.layers import attention_weights
 from vlm_jax.models.llm import default_positions
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import PruneSpec, ScheduleError, cache_sizes, schedules
-from vlm_jax.pruning.calibration import generator_inputs, random_calibration
+from vlm_jax.pruning.calibration import model_inputs, random_calibration
 
 DEPTH = 4
 
@@ -145,7 +145,7 @@ def test_cached_generation_equals_uncached(model, batch, keep, query):
     cfg, params = model
     spec, steps = None if keep is None else PruneSpec(keep, query=query), 4
     gen = generate.Generator(VLM(cfg), steps, prune=spec)
-    cached = np.asarray(gen.tokens(params, generator_inputs(batch)))
+    cached = np.asarray(gen.tokens(params, model_inputs(batch)))
     tokens, valid = np.asarray(batch["tokens"]), np.asarray(batch["valid"])
     b, n = tokens.shape
     rows = rows_by_hand(query, tokens == cfg.image_token_id, valid)
@@ -163,7 +163,7 @@ def test_cached_generation_equals_uncached(model, batch, keep, query):
     np.testing.assert_array_equal(cached, full[:, n:])
     compiled = generate.prefill._cache_size(), generate.decode._cache_size()
     other = {**batch, "images": batch["images"] + 1.0}
-    generate.Generator(VLM(cfg), steps, prune=spec).tokens(params, generator_inputs(other))
+    generate.Generator(VLM(cfg), steps, prune=spec).tokens(params, model_inputs(other))
     # one compile per schedule, shared by generators
     assert (generate.prefill._cache_size(), generate.decode._cache_size()) == compiled
 
@@ -179,15 +179,15 @@ def test_right_padding_generates_what_left_padding_does(model, batch, keep):
              if k in ("tokens", "valid") else v for k, v in batch.items()}
     assert np.asarray(right["valid"])[:, 0].all() and not np.asarray(right["valid"])[:, -1].all()
     gen = generate.Generator(VLM(cfg), 3, prune=spec)
-    np.testing.assert_array_equal(np.asarray(gen.tokens(params, generator_inputs(right))),
-                                  np.asarray(gen.tokens(params, generator_inputs(batch))))
+    np.testing.assert_array_equal(np.asarray(gen.tokens(params, model_inputs(right))),
+                                  np.asarray(gen.tokens(params, model_inputs(batch))))
 
 
 def test_time_to_first_token_is_the_first_generated_token(model, batch):
     """`prefill(module, 1, spec, ...)` (what the pruning report times) compiles once and gives
     the first token of a longer generation."""
     cfg, params = model
-    spec, inputs = PruneSpec((16, 8, 8, 4)), generator_inputs(batch)
+    spec, inputs = PruneSpec((16, 8, 8, 4)), model_inputs(batch)
     first, _, _ = generate.prefill(VLM(cfg), 1, spec, params, inputs)
     compiled = generate.prefill._cache_size()
     again, _, _ = generate.prefill(VLM(cfg), 1, spec, params, inputs)

@@ -194,10 +194,10 @@ def _answers_at_batch_1_and_8(module, spec, cfg, params, num_visual):
     valid = np.ones(tokens.shape, bool)
     valid[3, :2] = False  # a left-padded row
     gen = generate.Generator(module, 4, prune=spec)
-    whole = np.asarray(gen.tokens(params, {"image": images, "tokens": tokens,
+    whole = np.asarray(gen.tokens(params, {"images": images, "tokens": tokens,
                                            "valid": jnp.asarray(valid)}))
     one = np.concatenate([np.asarray(gen.tokens(params, {
-        "image": images[i:i + 1], "tokens": tokens[i:i + 1],
+        "images": images[i:i + 1], "tokens": tokens[i:i + 1],
         "valid": jnp.asarray(valid[i:i + 1])})) for i in range(8)])
     return whole, one
 

@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-new-tokens", type=int, default=8)
     args = p.parse_args(argv)
 
+    from vlm_jax import batch as batch_lib
     from vlm_jax import data, models
     from vlm_jax.data import synthetic
     from vlm_jax.data.templates import ChatEncoder, get_template
@@ -52,9 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
                       num_visual_tokens=cfg.num_visual_tokens, max_text_len=dcfg.max_text_len,
                       max_question_len=dcfg.max_question_len, eval_mode=True, on_error="raise")
     ex = prepare.map(record)
-    inputs = {"image": ex["image"][None], "tokens": ex["prompt"][None],
-              "valid": ex["prompt_valid"][None], "question": ex["question"][None],
-              "question_valid": ex["question_valid"][None]}
+    inputs = {k: v[None] for k, v in batch_lib.model_inputs(ex).items()}
     gen = Generator(models.build(cfg), args.max_new_tokens, stop_ids=(tok.eos_id,),
                     pad_id=tok.pad_id)
     params = jax.device_put(params)
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"model: {'trained, ' + args.workdir if args.workdir else 'random tiny LLaVA-shaped'}")
     print(f"question: {question}\nanswer: {answer!r}  (reference: {example['answer']!r})")
     print(f"visual tokens: {cfg.num_visual_tokens} ({cfg.compressor.name}), prompt tokens: "
-          f"{int(ex['prompt_valid'].sum())}, time to first token: {1e3 * out.prefill_s:.1f} ms, decode: "
+          f"{int(ex['valid'].sum())}, time to first token: {1e3 * out.prefill_s:.1f} ms, decode: "
           f"{1e3 * out.decode_s_per_token:.2f} ms/token")
     return {"answer": answer, "visual_tokens": cfg.num_visual_tokens, "ttft_ms": 1e3 * out.prefill_s}
 

@@ -100,7 +100,7 @@ def worker_jax(model_dir: str, inputs: dict, repeats: int, new_tokens: int) -> d
            "last_logits": np.asarray(fwd(params, images, tokens)[:, -1]).tolist()}
     if new_tokens:
         gen = Generator(module, new_tokens)
-        batch = {"image": images, "tokens": tokens}
+        batch = {"images": images, "tokens": tokens}
         out["generate_ms"] = _timed(lambda: jax.block_until_ready(gen.tokens(params, batch)),
                                     repeats)
         out["generated"] = np.asarray(gen.tokens(params, batch)).tolist()

@@ -34,6 +34,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
+from vlm_jax import batch as batch_lib
 from vlm_jax import models
 from vlm_jax.bench.load import load_average
 from vlm_jax.eval import generate
@@ -226,11 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def inputs_of(tokens: int) -> dict:
         if tokens not in first_batch:
-            from vlm_jax import data as data_lib
-            arrays, _ = data_lib.split_batch(next(iter(loader("test", tokens))))
-            first_batch[tokens] = {"image": arrays["image"][:args.timing_batch],
-                                   "tokens": arrays["prompt"][:args.timing_batch],
-                                   "valid": arrays["prompt_valid"][:args.timing_batch]}
+            first = batch_lib.model_inputs(next(iter(loader("test", tokens))), batch_lib.VLM_KEYS)
+            first_batch[tokens] = {k: v[:args.timing_batch] for k, v in first.items()}
         return first_batch[tokens]
 
     results = {m.name: scores(m, "test", args.n_score) for m in methods}

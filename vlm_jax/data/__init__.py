@@ -4,7 +4,7 @@ prompt templates and grain pipelines.
     cfg = vlm_jax.data.default_config()            # keys: see vlm_jax/data/config.py
     loader = vlm_jax.data.make_loader(cfg, split="train", batch_size=8, num_visual_tokens=16,
                                       image_size=32, normalization="clip", seed=0)
-    batch = next(iter(loader))                      # contract: see vlm_jax/data/pipeline.py
+    batch = next(iter(loader))                      # keys: vlm_jax/batch.py
 
 Names are imported on first use, so `python -m vlm_jax.data.synthetic` runs cleanly.
 """
@@ -14,8 +14,8 @@ import importlib
 _EXPORTS = {
     "config": ("default_config", "check_config"),
     "pipeline": ("make_loader", "make_tokenizer", "make_source", "prepare_synthetic",
-                 "split_batch", "Loader", "ARRAY_KEYS"),
-    "transforms": ("META_KEYS", "NORMALIZATION"),
+                 "split_batch", "Loader", "ARRAY_KEYS", "META_KEYS"),
+    "transforms": ("NORMALIZATION",),
     "sources": ("DataError",),
     "templates": ("TEMPLATES", "ChatEncoder", "get_template"),
     "tokenizer": ("IMAGE_TOKEN", "HFTokenizer", "WordTokenizer"),

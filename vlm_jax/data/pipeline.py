@@ -1,20 +1,20 @@
 """grain input pipelines: `make_loader(data_cfg, ...)`, `make_tokenizer`, `make_source`.
 
-Batch contract (numpy; `L = V + data.max_text_len`, `Lq = data.max_question_len`):
+Batches follow `vlm_jax.batch`: numpy arrays keyed by the model call's argument names
+(`L = V + data.max_text_len`, `Lq = data.max_question_len`):
 
 | key              | dtype / shape          | meaning                                          |
 |------------------|------------------------|--------------------------------------------------|
-| `image`          | float32 `[B, H, W, 3]` | normalised image                                 |
-| `tokens`         | int32 `[B, L]`         | template(prompt with V placeholders) + reply +   |
-|                  |                        | end token, right-padded                          |
+| `images`         | float32 `[B, H, W, 3]` | normalised image                                 |
+| `tokens`         | int32 `[B, L]`         | train: template(prompt with V placeholders) +    |
+|                  |                        | reply + end token, right-padded; eval: the       |
+|                  |                        | generation prompt alone, left-padded             |
 | `valid`          | bool `[B, L]`          | False on padding                                 |
-| `loss_mask`      | float32 `[B, L]`       | 1 where token t is part of an assistant reply    |
-|                  |                        | (predicted from position t-1)                    |
+| `loss_mask`      | float32 `[B, L]`       | train only: 1 where token t is part of an        |
+|                  |                        | assistant reply (predicted from position t-1)    |
 | `question`       | int32 `[B, Lq]`        | [bos] + the user's question alone, right-padded  |
 | `question_valid` | bool `[B, Lq]`         |                                                  |
 | `example_mask`   | bool `[B]`             | False on rows padding the last eval batch(es)    |
-| `prompt`         | int32 `[B, L]`         | eval only: the generation prompt, left-padded    |
-| `prompt_valid`   | bool `[B, L]`          | eval only                                        |
 | `id` `task` `answer` `answers` | object `[B]` | metadata (answers: tuples of str); not for jit |
 
 `ARRAY_KEYS` / `META_KEYS` name the two groups; `split_batch(batch)` separates them.
@@ -44,14 +44,16 @@ from typing import Any
 
 import grain.python as grain
 
+from vlm_jax import batch as batch_lib
 from vlm_jax.data import config as config_lib
 from vlm_jax.data import sources as src_lib
 from vlm_jax.data.templates import ChatEncoder, get_template
 from vlm_jax.data.tokenizer import HFTokenizer, Tokenizer, WordTokenizer
-from vlm_jax.data.transforms import META_KEYS, Collate, DropSkipped, Prepare
+from vlm_jax.data.transforms import Collate, DropSkipped, Prepare
 
-ARRAY_KEYS = ("image", "tokens", "valid", "loss_mask", "question", "question_valid",
-              "example_mask", "prompt", "prompt_valid")
+ARRAY_KEYS = batch_lib.VLM_KEYS + batch_lib.VLM_TEXT_QUERY_KEYS + (batch_lib.LOSS_MASK,
+                                                                   batch_lib.EXAMPLE_MASK)
+META_KEYS = batch_lib.META_KEYS
 MODES = ("train", "eval")
 
 

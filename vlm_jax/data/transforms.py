@@ -1,7 +1,7 @@
 """Per-example processing for grain: image -> normalised float, conversation -> static tokens.
 
-`Prepare` (a grain MapTransform) turns a source record into fixed-shape numpy arrays (see
-`pipeline.py` for the batch contract); `DropSkipped` filters the records a bad sample became
+`Prepare` (a grain MapTransform) turns a source record into fixed-shape numpy arrays keyed as
+`vlm_jax.batch` says (see `pipeline.py`); `DropSkipped` filters the records a bad sample became
 under `on_error="skip"`; `Collate` batches (and pads the last eval batch with masked rows).
 """
 
@@ -17,6 +17,7 @@ import grain.python as grain
 import numpy as np
 from PIL import Image
 
+from vlm_jax.batch import META_KEYS
 from vlm_jax.data.sources import DataError, load_image
 from vlm_jax.data.templates import ChatEncoder
 
@@ -25,7 +26,6 @@ NORMALIZATION = {
     "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
-META_KEYS = ("id", "task", "answer", "answers")
 
 
 def mean_std(normalization) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +104,10 @@ class Skipped:
 
 
 class Prepare(grain.MapTransform):
-    """Record -> fixed-shape example (image, tokens, valid, loss_mask, question, ...)."""
+    """Record -> fixed-shape example (images, tokens, valid, loss_mask, question, ...).
+
+    Train mode: `tokens` is the whole conversation (right-padded) with its `loss_mask`; eval
+    mode: `tokens` is the generation prompt (left-padded), no `loss_mask`."""
 
     def __init__(self, encoder: ChatEncoder, *, image_size: int, aspect: str, normalization,
                  num_visual_tokens: int, max_text_len: int, max_question_len: int,
@@ -145,31 +148,29 @@ class Prepare(grain.MapTransform):
         image = process_image(load_image(rec), self.image_size, self.aspect, self.mean,
                               self.std)
         pad_id = self.encoder.tok.pad_id
-        tokens, valid = pad_to(enc.tokens, self.seq_len, pad_id)
-        loss_mask = np.zeros(self.seq_len, np.float32)
-        loss_mask[:len(enc.loss_mask)] = enc.loss_mask
         q, q_valid = pad_to(question, self.question_len, pad_id)
-        ex = {"image": image, "tokens": tokens, "valid": valid, "loss_mask": loss_mask,
-              "question": q, "question_valid": q_valid, "example_mask": np.bool_(True),
-              "id": rec["id"], "task": rec["task"], "answer": rec["answer"],
-              "answers": list(rec["answers"])}
-        if self.eval_mode:
-            ex["prompt"], ex["prompt_valid"] = pad_to(enc.prompt, self.seq_len, pad_id, left=True)
+        ex = {"images": image, "question": q, "question_valid": q_valid,
+              "example_mask": np.bool_(True), "id": rec["id"], "task": rec["task"],
+              "answer": rec["answer"], "answers": list(rec["answers"])}
+        if self.eval_mode:  # the generation prompt: what the model reads before answering
+            ex["tokens"], ex["valid"] = pad_to(enc.prompt, self.seq_len, pad_id, left=True)
+        else:
+            ex["tokens"], ex["valid"] = pad_to(enc.tokens, self.seq_len, pad_id)
+            ex["loss_mask"] = np.zeros(self.seq_len, np.float32)
+            ex["loss_mask"][:len(enc.loss_mask)] = enc.loss_mask
         return ex
-
 
     def blank(self) -> dict:
         """A fully masked example (`example_mask` False) for padding eval batches: V
         placeholders (so the model's placeholder check holds), a zero image, no loss."""
         pad_id, v, img = self.encoder.tok.pad_id, self.v, self.encoder.image_ids[:1]
-        tokens, valid = pad_to(img * v, self.seq_len, pad_id)
+        tokens, valid = pad_to(img * v, self.seq_len, pad_id, left=self.eval_mode)
         q, q_valid = pad_to([pad_id], self.question_len, pad_id)
-        ex = {"image": np.zeros((self.image_size, self.image_size, 3), np.float32),
-              "tokens": tokens, "valid": valid, "loss_mask": np.zeros(self.seq_len, np.float32),
-              "question": q, "question_valid": q_valid, "example_mask": np.bool_(False),
-              "id": "", "task": "", "answer": "", "answers": []}
-        if self.eval_mode:
-            ex["prompt"], ex["prompt_valid"] = pad_to(img * v, self.seq_len, pad_id, left=True)
+        ex = {"images": np.zeros((self.image_size, self.image_size, 3), np.float32),
+              "tokens": tokens, "valid": valid, "question": q, "question_valid": q_valid,
+              "example_mask": np.bool_(False), "id": "", "task": "", "answer": "", "answers": []}
+        if not self.eval_mode:
+            ex["loss_mask"] = np.zeros(self.seq_len, np.float32)
         return ex
 
 

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vlm_jax import batch as batch_lib
 from vlm_jax import data as data_lib
 from vlm_jax import models
 from vlm_jax.config_args import merge_defaults
@@ -56,17 +57,17 @@ def evaluate(module: models.VLM, params: Any, loader: data_lib.Loader, *, max_ne
     tasks = tasks or SYNTHETIC_TASKS
     gen = Generator(module, max_new_tokens, stop_ids=(tok.eos_id,), pad_id=tok.pad_id, prune=prune)
     records, prefill_s, decode_s, text_tokens = [], [], [], []
+    keys = batch_lib.vlm_keys(module.cfg.uses_text_query)
     for batch in loader:
         arrays, meta = data_lib.split_batch(batch)
-        inputs = {"image": arrays["image"], "tokens": arrays["prompt"], "valid": arrays["prompt_valid"],
-                  "question": arrays["question"], "question_valid": arrays["question_valid"]}
+        inputs = batch_lib.model_inputs(arrays, keys)
         if not prefill_s:
             gen(params, inputs)  # compile; timings below are steady-state
         out = gen(params, inputs)
         prefill_s.append(out.prefill_s)
         decode_s.append(out.decode_s_per_token)
         keep = np.flatnonzero(arrays["example_mask"])
-        n_prompt = arrays["prompt_valid"].sum(1) - (arrays["prompt"] == module.cfg.image_token_id).sum(1)
+        n_prompt = arrays["valid"].sum(1) - (arrays["tokens"] == module.cfg.image_token_id).sum(1)
         for i in keep:
             task = str(meta["task"][i])
             if task not in tasks:
@@ -108,7 +109,8 @@ def evaluate_config(config: ml_collections.ConfigDict, params: Any) -> dict:
     """Evaluates `params` of the model in `config` on `config.eval`."""
     ecfg = merge_defaults(config.get("eval", {}), default_config(), "eval", whole=("tasks",))
     from vlm_jax.train import data_feed
-    feed = data_feed.make(config, split=ecfg.split, mode="eval", batch_size=ecfg.batch_size)
+    feed = data_feed.make(config, split=ecfg.split, mode="eval", batch_size=ecfg.batch_size,
+                          batch_key="eval.batch_size")
     module = models.build(config.model)
     result = evaluate(module, jax.device_put(params), feed.loader, max_new_tokens=ecfg.max_new_tokens,
                       tasks=task_table(ecfg), num_examples=ecfg.num_examples)

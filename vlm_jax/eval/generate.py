@@ -46,8 +46,9 @@ def prefill(module: VLM, max_new_tokens: int, prune: PruneRequest | None, params
             ) -> tuple[jax.Array, jax.Array, list[LayerCache] | LayerCache]:
     """(first token `[B]` int32, last position `[B]`, cache sized for `max_new_tokens` more).
 
-    inputs: `image [B, H, W, 3]`, `tokens [B, L]`, `valid [B, L]` bool (all True if absent),
-    optional `question`, `question_valid [B, Lq]` (compressors with a text query).
+    inputs: a batch keyed as `vlm_jax.batch`: `images [B, H, W, 3]`, `tokens [B, L]`, `valid
+    [B, L]` bool (all True if absent), optional `question`, `question_valid [B, Lq]` (models
+    whose `cfg.uses_text_query`).
     """
     tokens = inputs["tokens"]
     b, n = tokens.shape
@@ -57,7 +58,7 @@ def prefill(module: VLM, max_new_tokens: int, prune: PruneRequest | None, params
     sizes = n + max_new_tokens if prune is None else prune.cache_sizes(n, max_new_tokens)
     cache = init_cache(module.cfg.llm, b, sizes)
     variables = {"params": params}
-    out = module.apply(variables, inputs["image"], tokens, valid, positions, inputs.get("question"),
+    out = module.apply(variables, inputs["images"], tokens, valid, positions, inputs.get("question"),
                        inputs.get("question_valid"), cache=cache, logits=False, prune=prune,
                        method="forward")
     kept_valid = valid if prune is None else jnp.take_along_axis(valid, out.index, axis=1)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm_jax import batch as batch_lib
 from vlm_jax.eval.generate import Generator
 from vlm_jax.models.config import VLMConfig
 from vlm_jax.models.llm import default_positions
@@ -66,7 +67,7 @@ def greedy_answers(cfg: VLMConfig, params, calib: dict, spec: PruneSpec | None, 
     """`[N, steps]` greedy tokens under `spec` (None: unpruned)."""
     gen, out = Generator(VLM(cfg), steps, prune=spec), []
     for batch, weight in batches(calib, batch_size):
-        out.append(np.asarray(gen.tokens(params, generator_inputs(batch)))[weight > 0])
+        out.append(np.asarray(gen.tokens(params, model_inputs(batch)))[weight > 0])
     return np.concatenate(out)
 
 
@@ -78,15 +79,10 @@ def with_model_answers(cfg: VLMConfig, params, calib: dict, batch_size: int = 8)
             .astype(np.int32)}
 
 
-def _model_inputs(batch: dict) -> dict:
-    keys = ("images", "tokens", "valid", "question", "question_valid")
-    return {k: jnp.asarray(batch[k]) for k in keys if k in batch}
-
-
-def generator_inputs(batch: dict) -> dict:
-    """A calibration batch (`images`, ...) as `vlm_jax.eval.generate` inputs (`image`, ...)."""
-    inputs = _model_inputs(batch)
-    return {("image" if k == "images" else k): v for k, v in inputs.items()}
+def model_inputs(batch: dict) -> dict:
+    """A calibration batch's model inputs (`vlm_jax.batch` keys, no `answers`) as jax arrays:
+    what `VLM.__call__` and `vlm_jax.eval.generate` read."""
+    return {k: jnp.asarray(v) for k, v in batch_lib.model_inputs(batch).items()}
 
 
 @functools.lru_cache(maxsize=64)
@@ -116,7 +112,7 @@ def answer_loglik(cfg: VLMConfig, params, calib: dict, spec: PruneSpec, batch_si
     total, count = 0.0, 0.0
     fn = _loglik_fn(cfg, spec)
     for batch, weight in batches(calib, batch_size):
-        inp = _model_inputs(batch)
+        inp = model_inputs(batch)
         ll = fn(params, inp["images"], inp["tokens"], inp["valid"], jnp.asarray(batch["answers"]),
                 inp.get("question"), inp.get("question_valid"))
         total += float(np.sum(np.asarray(ll) * weight))

@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vlm_jax import batch as batch_lib
 from vlm_jax import models
 from vlm_jax.config_args import merge_defaults
 from vlm_jax.eval import generate
@@ -86,18 +87,14 @@ def load_model(config) -> tuple[models.VLMConfig, dict, ml_collections.ConfigDic
 
 def _eval_calibration(cfg, params, train_cfg, c):
     """(calibration arrays, metric_fn) from the training run's eval split."""
-    from vlm_jax import data as data_lib
     from vlm_jax.eval.evaluator import evaluate
     from vlm_jax.train import data_feed
     if train_cfg is None:
         raise ValueError("calib.source='eval' needs config.checkpoint to be a training run "
                          "directory (its config names the data)")
     loader = data_feed.make(train_cfg, split=c.calib.split, mode="eval",
-                            batch_size=c.calib.batch_size).loader
-    arrays, _ = data_lib.split_batch(next(iter(loader)))
-    calib = {"images": arrays["image"], "tokens": arrays["prompt"],
-             "valid": arrays["prompt_valid"].astype(bool), "question": arrays["question"],
-             "question_valid": arrays["question_valid"].astype(bool)}
+                            batch_size=c.calib.batch_size, batch_key="calib.batch_size").loader
+    calib = batch_lib.model_inputs(next(iter(loader)))
     module = models.build(cfg)
 
     def metric_fn(keep):
@@ -128,7 +125,7 @@ def ttft(cfg, params, batch: dict, specs: dict[str, PruneSpec | None], runs: int
          ) -> dict[str, float]:
     """Median seconds of a jitted (pruned) prefill + first token on `batch`, per named spec
     (None: unpruned), timed round-robin."""
-    module, inputs = models.build(cfg), calib_lib.generator_inputs(batch)
+    module, inputs = models.build(cfg), calib_lib.model_inputs(batch)
     fns = {name: functools.partial(generate.prefill, module, 1, spec, params, inputs)
            for name, spec in specs.items()}
     return report.measure_interleaved(fns, runs)

@@ -1,8 +1,9 @@
-"""What the trainer reads: a grain loader for the stage, adapted to the task's batch keys.
+"""What the trainer reads: a grain loader for the stage, its arrays keyed as `vlm_jax.batch`.
 
-Stages 1/2 read VLM batches (vlm_jax.data batch contract). Stage 0 reads the same pipeline
-with no visual placeholders: the caption is the assistant reply, so `caption` = `tokens` and
-`caption_valid` = `loss_mask > 0` (the prompt is not part of the caption).
+Stages 1/2 read VLM batches as the pipeline makes them. Stage 0 reads the same pipeline with
+no visual placeholders: the caption is the assistant reply, so the pair model's `text_tokens`
+are the pipeline's `tokens` and `text_valid` = `loss_mask > 0` (the prompt is not part of the
+caption).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class Feed:
     def arrays(self, batch: dict) -> dict[str, np.ndarray]:
         """The numpy arrays the stage's train step consumes."""
         if self.stage == 0:
-            return {"image": batch["image"], "caption": batch["tokens"],
-                    "caption_valid": batch["loss_mask"] > 0}
+            return {"images": batch["images"], "text_tokens": batch["tokens"],
+                    "text_valid": batch["loss_mask"] > 0}
         arrays, _ = data_lib.split_batch(batch)
         return arrays
 
@@ -46,11 +47,25 @@ def vision_of(config: ml_collections.ConfigDict):
     return models.from_dict(config.model).vision
 
 
+def per_process_batch(global_batch: int, key: str) -> int:
+    """global batch / `jax.process_count()`; raises (naming the config `key`) unless it divides."""
+    hosts = jax.process_count()
+    if global_batch < 1 or global_batch % hosts:
+        raise ValueError(f"{key}={global_batch} (the global batch) does not divide by the "
+                         f"{hosts} JAX processes (jax.process_count()): each process reads "
+                         f"global / {hosts} examples; use a positive multiple of {hosts}")
+    return global_batch // hosts
+
+
 def make(config: ml_collections.ConfigDict, split: str = "train", mode: str = "train",
-         batch_size: int | None = None, num_visual_tokens: int | None = None) -> Feed:
-    """The feed of `config` (per process: each host reads its own shard). num_visual_tokens:
-    image placeholders per prompt when the LLM gets another count than the model config makes
-    (token reduction before the LLM, `vlm_jax.pruning.prellm`)."""
+         batch_size: int | None = None, num_visual_tokens: int | None = None,
+         batch_key: str = "train.batch_size") -> Feed:
+    """The feed of `config` (per process: each host reads its own shard of the global batch).
+
+    batch_size: the global batch (default `config.train.batch_size`); batch_key: the config
+    key it comes from, named when it does not divide by the process count.
+    num_visual_tokens: image placeholders per prompt when the LLM gets another count than the
+    model config makes (token reduction before the LLM, `vlm_jax.pruning.prellm`)."""
     vision = vision_of(config)
     if config.stage == 0:
         num_visual, image_token_id = 0, None
@@ -58,13 +73,10 @@ def make(config: ml_collections.ConfigDict, split: str = "train", mode: str = "t
         cfg = models.from_dict(config.model)
         num_visual, image_token_id = cfg.num_visual_tokens, cfg.image_token_id
         num_visual = num_visual if num_visual_tokens is None else num_visual_tokens
-    global_batch, hosts = batch_size or config.train.batch_size, jax.process_count()
-    if global_batch % hosts:
-        raise ValueError(f"config.train.batch_size={global_batch} (the global batch) does not "
-                         f"divide by the {hosts} JAX processes: each would read a different "
-                         f"share; use a multiple of {hosts}")
+    global_batch = config.train.batch_size if batch_size is None else batch_size
+    local_batch = per_process_batch(global_batch, batch_key)
     loader = data_lib.make_loader(
-        config.data, split=split, batch_size=global_batch // hosts, num_visual_tokens=num_visual,
+        config.data, split=split, batch_size=local_batch, num_visual_tokens=num_visual,
         image_size=vision.image_size,
         normalization="clip" if vision.family == "clip" else "siglip",
         image_token_id=image_token_id, seed=config.train.seed, mode=mode)

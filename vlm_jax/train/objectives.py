@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vlm_jax import batch as batch_lib
 from vlm_jax import models
 from vlm_jax.models.config import TextTowerConfig, ViTConfig, VLMConfig
 from vlm_jax.models.pair import ImageTextPair
@@ -31,35 +32,36 @@ FROZEN_BY_STAGE = {
 @dataclasses.dataclass(frozen=True)
 class Task:
     module: nn.Module
-    batch_keys: tuple[str, ...]  # arrays the step consumes
+    batch_keys: tuple[str, ...]  # the arrays the step consumes (`vlm_jax.batch` names)
     init_batch: Callable[[int], dict]  # batch_size -> dummy batch of the right shapes
     loss: Callable  # (params, batch) -> (loss, metrics)
     model_cfg: object
+    model_keys: tuple[str, ...]  # the batch keys that are the module call's arguments
+
+    def model_inputs(self, batch: dict) -> dict:
+        """The module call's keyword arguments: `batch`'s `model_keys` entries, as named."""
+        return batch_lib.model_inputs(batch, self.model_keys)
 
 
 def vlm_task(cfg: VLMConfig, seq_len: int, question_len: int) -> Task:
     module = models.VLM(cfg)
-    uses_text = cfg.uses_text_query
-    keys = ("image", "tokens", "valid", "loss_mask") + (
-        ("question", "question_valid") if uses_text else ())
+    model_keys = batch_lib.vlm_keys(cfg.uses_text_query)  # the stage's inputs, decided here
+    keys = model_keys + (batch_lib.LOSS_MASK,)
     v, size = cfg.num_visual_tokens, cfg.vision.image_size
 
     def init_batch(b: int) -> dict:
         tokens = jnp.ones((b, seq_len), jnp.int32).at[:, :v].set(cfg.image_token_id)
-        batch = {"image": jnp.zeros((b, size, size, 3)), "tokens": tokens,
-                 "valid": jnp.ones((b, seq_len), bool), "loss_mask": jnp.ones((b, seq_len))}
-        if uses_text:
-            batch.update(question=jnp.ones((b, question_len), jnp.int32),
-                         question_valid=jnp.ones((b, question_len), bool))
-        return batch
+        batch = {"images": jnp.zeros((b, size, size, 3)), "tokens": tokens,
+                 "valid": jnp.ones((b, seq_len), bool), batch_lib.LOSS_MASK: jnp.ones((b, seq_len)),
+                 "question": jnp.ones((b, question_len), jnp.int32),
+                 "question_valid": jnp.ones((b, question_len), bool)}
+        return {k: batch[k] for k in keys}
 
     def loss(params, batch):
-        logits = module.apply({"params": params}, batch["image"], batch["tokens"],
-                              valid=batch["valid"], question=batch.get("question"),
-                              question_valid=batch.get("question_valid"))
-        return next_token_loss(logits, batch["tokens"], batch["loss_mask"])
+        logits = module.apply({"params": params}, **batch_lib.model_inputs(batch, model_keys))
+        return next_token_loss(logits, batch["tokens"], batch[batch_lib.LOSS_MASK])
 
-    return Task(module, keys, init_batch, loss, cfg)
+    return Task(module, keys, init_batch, loss, cfg, model_keys)
 
 
 def pair_task(vision: ViTConfig, text: TextTowerConfig, vocab_size: int, embed_dim: int,
@@ -68,16 +70,16 @@ def pair_task(vision: ViTConfig, text: TextTowerConfig, vocab_size: int, embed_d
     size = vision.image_size
 
     def init_batch(b: int) -> dict:
-        return {"image": jnp.zeros((b, size, size, 3)),
-                "caption": jnp.ones((b, caption_len), jnp.int32),
-                "caption_valid": jnp.ones((b, caption_len), bool)}
+        return {"images": jnp.zeros((b, size, size, 3)),
+                "text_tokens": jnp.ones((b, caption_len), jnp.int32),
+                "text_valid": jnp.ones((b, caption_len), bool)}
 
     def loss(params, batch):
-        img, txt, scale, bias = module.apply({"params": params}, batch["image"], batch["caption"],
-                                             batch["caption_valid"])
+        img, txt, scale, bias = module.apply({"params": params},
+                                             **batch_lib.model_inputs(batch, batch_lib.PAIR_KEYS))
         return sigmoid_pair_loss(img, txt, scale, bias)
 
-    return Task(module, ("image", "caption", "caption_valid"), init_batch, loss, vision)
+    return Task(module, batch_lib.PAIR_KEYS, init_batch, loss, vision, batch_lib.PAIR_KEYS)
 
 
 def make_task(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Task:
@@ -97,19 +99,9 @@ def make_task(config: ml_collections.ConfigDict, vocab_size: int | None = None) 
 
 def abstract_params(task: Task, batch_size: int = 1):
     """Boxed abstract params (ShapeDtypeStructs with logical axis names)."""
-    return jax.eval_shape(lambda: task.module.init(jax.random.key(0),
-                                                   **_as_kwargs(task, task.init_batch(batch_size))))
+    return jax.eval_shape(lambda: task.module.init(
+        jax.random.key(0), **task.model_inputs(task.init_batch(batch_size))))
 
 
 def init_params(task: Task, rng: jax.Array):
-    return task.module.init(rng, **_as_kwargs(task, task.init_batch(1)))
-
-
-def _as_kwargs(task: Task, batch: dict) -> dict:
-    if isinstance(task.module, ImageTextPair):
-        return dict(images=batch["image"], text_tokens=batch["caption"],
-                    text_valid=batch["caption_valid"])
-    kw = dict(images=batch["image"], tokens=batch["tokens"], valid=batch["valid"])
-    if "question" in batch:
-        kw.update(question=batch["question"], question_valid=batch["question_valid"])
-    return kw
+    return task.module.init(rng, **task.model_inputs(task.init_batch(1)))
