@@ -155,7 +155,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
         m = None if mask is None else mask[:, None]
         return jax.nn.dot_product_attention(q, k, v, mask=m, implementation=impl)
     scores = _masked_scores(q, k, mask)
-    unnorm = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    # The shift cancels exactly in out / total, so no gradient flows through it (as in
+    # jax.nn.softmax): differentiating the max would add a compare/select/reduce pass over the
+    # [B, KV, G, Lq, Lk] scores to the backward for a term that is zero.
+    shift = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    unnorm = jnp.exp(scores - shift)
     total = jnp.sum(unnorm, axis=-1, keepdims=True)  # [B, KV, G, Lq, 1]
     _, vh = _heads_major(q, v)
     out = jnp.einsum("bkqs,bksd->bkqd", unnorm.reshape(b, kv, -1, lk).astype(v.dtype), vh,
