@@ -15,6 +15,8 @@ Batch contract (numpy; `L = V + data.max_text_len`, `Lq = data.max_question_len`
 | `example_mask`   | bool `[B]`             | False on rows padding the last eval batch(es)    |
 | `prompt`         | int32 `[B, L]`         | eval only: the generation prompt, left-padded    |
 | `prompt_valid`   | bool `[B, L]`          | eval only                                        |
+| `patch_labels`   | int32 `[B, P, 4]`      | `patch_grid` > 0 only: synthetic per-patch labels|
+|                  |                        | (`synthetic.patch_labels`; P = patch_grid ** 2)  |
 | `id` `task` `answer` `answers` | object `[B]` | metadata (answers: tuples of str); not for jit |
 
 `ARRAY_KEYS` / `META_KEYS` name the two groups; `split_batch(batch)` separates them.
@@ -51,7 +53,7 @@ from vlm_jax.data.tokenizer import HFTokenizer, Tokenizer, WordTokenizer
 from vlm_jax.data.transforms import META_KEYS, Collate, DropSkipped, Prepare
 
 ARRAY_KEYS = ("image", "tokens", "valid", "loss_mask", "question", "question_valid",
-              "example_mask", "prompt", "prompt_valid")
+              "example_mask", "prompt", "prompt_valid", "patch_labels")
 MODES = ("train", "eval")
 
 
@@ -174,14 +176,16 @@ def make_loader(data_cfg, *, split: str, batch_size: int, num_visual_tokens: int
                 image_size: int, normalization="clip", image_token_id: int | None = None,
                 seed: int = 0, shard_index: int | None = None, shard_count: int | None = None,
                 num_epochs: int | None = None, shuffle: bool = True,
-                mode: str = "train", read_options: grain.ReadOptions | None = None) -> Loader:
+                mode: str = "train", read_options: grain.ReadOptions | None = None,
+                patch_grid: int = 0) -> Loader:
     """A grain loader of fixed-shape batches for one process.
 
     normalization: "clip" | "siglip" | "none" | (mean, std). image_token_id: the model's
     placeholder id (default: the tokenizer's `<image>` id). shard_index / shard_count default
     to this JAX process among all (grain.ShardByJaxProcess). num_epochs: None repeats forever
     (train); eval mode always makes one pass. read_options: grain's record-reading threads
-    (default `READ_OPTIONS`: none).
+    (default `READ_OPTIONS`: none). patch_grid > 0: each example also gets the synthetic
+    suite's `patch_labels` on a patch_grid x patch_grid grid (the tower's patches).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -203,7 +207,7 @@ def make_loader(data_cfg, *, split: str, batch_size: int, num_visual_tokens: int
     prepare = Prepare(encoder, image_size=image_size, aspect=cfg.aspect,
                       normalization=normalization, num_visual_tokens=num_visual_tokens,
                       max_text_len=cfg.max_text_len, max_question_len=cfg.max_question_len,
-                      eval_mode=eval_mode, on_error=cfg.on_error)
+                      eval_mode=eval_mode, on_error=cfg.on_error, patch_grid=patch_grid)
     if (shard_index is None) != (shard_count is None):
         raise ValueError("give both shard_index and shard_count, or neither")
     if shard_index is None:
