@@ -12,6 +12,7 @@ from vlm_jax.models import init_params, presets
 from vlm_jax.models import vit as vit_mod
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import PruneSpec, ScheduleError, schedules
+from vlm_jax.pruning.calibration import random_calibration
 from vlm_jax.pruning.prellm import (
     VisionZipVLM,
     pooling_config,
@@ -185,6 +186,123 @@ def test_random_scores_follow_the_visual_ordinal_not_the_offset():
     np.testing.assert_array_equal(s[0, 1:4], s[1, 3:6])
     assert len(set(s[0, 1:4].tolist())) == 3
     assert not np.array_equal(s, np.asarray(random_scores(visual, 3, seed=1)))
+
+
+class Recorder:
+    """A LayerHook that drops nothing and keeps each layer's output `[B, L, D]` (and is its own
+    pruning request, for `VLM.forward(prune=...)`)."""
+
+    def __init__(self):
+        self.outputs = []
+
+    def hook(self, visual, valid, query=None, *, depth, num_visual):
+        return self
+
+    def start(self, seq_len, valid, cache):
+        return ()
+
+    def request(self, layer, state):
+        return None
+
+    def between(self, layer, x, positions, valid, state, importance):
+        self.outputs.append(np.asarray(x))
+        return x, positions, valid, state
+
+    def finish(self, out, state):
+        return out
+
+
+@pytest.fixture(scope="module")
+def deep():
+    """A 4-layer LLM (V = 16) and a left-padded batch whose images sit at different offsets."""
+    cfg = presets.llava("clip-tiny", "qwen2-tiny")
+    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, depth=4))
+    calib = random_calibration(cfg, 3, prompt_len=7, max_pad=4, seed=3)
+    batch = {k: jnp.asarray(v) for k, v in calib.items() if k != "answers"}
+    return cfg, init_params(cfg, 0), batch
+
+
+def pruned_index(cfg, params, batch, spec):
+    return np.asarray(VLM(cfg).apply({"params": params}, batch["images"], batch["tokens"],
+                                     batch["valid"], method="forward", prune=spec).index)
+
+
+def hidden_after_layers(cfg, params, batch):
+    rec = Recorder()
+    VLM(cfg).apply({"params": params}, batch["images"], batch["tokens"], batch["valid"],
+                   method="forward", prune=rec)
+    return rec.outputs
+
+
+def index_keeping(visual_row, kept):
+    """Original slots of a row's survivors: every non-visual slot and the `kept` visual ones."""
+    return sorted(set(np.flatnonzero(~visual_row).tolist()) | set(kept))
+
+
+def dart_keep_by_hand(x, visual, pivots, keep):
+    """DART on one row: x `[L, D]` -> the kept visual slots (numpy, float64)."""
+    vis = np.flatnonzero(visual)
+    norm = np.linalg.norm(x.astype(np.float64), axis=-1)
+    piv = vis[np.argsort(-norm[vis], kind="stable")[:pivots]]
+    unit = x / norm[:, None]
+    dup = {j: max(float(unit[j] @ unit[p]) for p in piv) for j in vis}
+    ranked = sorted(vis, key=lambda j: (j not in piv, dup[j], j))
+    return ranked[:keep]
+
+
+@pytest.mark.parametrize("keep, pivots", [((16, 6, 6, 6), 2), ((16, 16, 5, 5), 3),
+                                          ((16, 16, 16, 2), 4)])
+def test_dart_prunes_by_duplication_of_the_hidden_states(deep, keep, pivots):
+    """DART through the decoder's hook keeps the pivots and the tokens least similar to them,
+    judged on the hidden states after the layer before the drop (an unpruned run's)."""
+    cfg, params, batch = deep
+    drop = next(i for i in range(1, 4) if keep[i] < keep[i - 1])
+    x = hidden_after_layers(cfg, params, batch)[drop - 1]
+    visual = np.asarray(batch["tokens"]) == cfg.image_token_id
+    got = pruned_index(cfg, params, batch, PruneSpec(keep, score="dart", pivots=pivots))
+    for b in range(len(visual)):
+        kept = dart_keep_by_hand(x[b], visual[b], min(pivots, keep[drop]), keep[drop])
+        assert got[b].tolist() == index_keeping(visual[b], kept)
+
+
+def test_random_keep_prunes_the_same_grid_positions_in_every_row(deep):
+    cfg, params, batch = deep
+    keep = (16, 16, 6, 3)
+    visual = np.asarray(batch["tokens"]) == cfg.image_token_id
+    got = pruned_index(cfg, params, batch, PruneSpec(keep, score="random", seed=7))
+    # by hand: the draws of the seed plus the layer index, ranked by visual ordinal
+    first = np.asarray(jax.random.uniform(jax.random.key(7 + 1), (16,)))
+    alive = np.sort(np.argsort(-first, kind="stable")[:6])  # ordinals after layer 1
+    second = np.asarray(jax.random.uniform(jax.random.key(7 + 2), (6,)))
+    alive = alive[np.sort(np.argsort(-second, kind="stable")[:3])]
+    for b in range(len(visual)):
+        start = int(np.argmax(visual[b]))
+        assert got[b].tolist() == index_keeping(visual[b], (start + alive).tolist())
+    other = pruned_index(cfg, params, batch, PruneSpec(keep, score="random", seed=8))
+    assert not np.array_equal(other, got)
+
+
+def test_dart_and_random_ask_no_layer_for_attention(deep):
+    """Neither needs an attention map: every layer runs plain attention (the fused path where
+    the model has one), unless importance is recorded for diagnostics."""
+    cfg, _, batch = deep
+    visual = batch["tokens"] == cfg.image_token_id
+    for score in ("dart", "random"):
+        pruner = PruneSpec((16, 8, 4, 2), score=score).hook(visual, batch["valid"], depth=4,
+                                                            num_visual=16)
+        state = pruner.start(batch["tokens"].shape[1], batch["valid"], None)
+        assert [pruner.request(layer, state) for layer in range(4)] == [None] * 4
+    attention = PruneSpec((16, 16, 4, 4)).hook(visual, batch["valid"], depth=4, num_visual=16)
+    state = attention.start(batch["tokens"].shape[1], batch["valid"], None)
+    assert [attention.request(layer, state) is not None for layer in range(4)] == [
+        False, True, False, False]
+
+
+def test_spec_rejects_unknown_scores():
+    with pytest.raises(ValueError, match="score must be one of"):
+        PruneSpec((4, 2), score="norm")
+    with pytest.raises(ValueError, match="pivots must be >= 1"):
+        PruneSpec((4, 2), score="dart", pivots=0)
 
 
 # ----------------------------------------------------------------------------- batch invariance
