@@ -22,7 +22,7 @@ KINDS = ("unpruned", "fastv", "dart", "random", "pyramiddrop", "psigmoid", "gsea
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("suite")
-    c = prune_bench.get_config(f"width=32,heads=2,kv_heads=1,depth=2,vis_width=8,res=24,"
+    c = prune_bench.get_config(f"width=32,heads=2,kv_heads=1,depth=2,vis_width=8,res=36,"
                                f"steps=1,batch=4,data_dir={tmp / 'tfds'}")
     c.data.synthetic.update(num_train=16, num_validation=8, num_test=12)
     c.train.update(ckpt_every=1)
@@ -82,3 +82,11 @@ def test_cost_table_columns_are_computed(table):
 def test_too_few_new_tokens_for_a_decode_time_is_an_error(table):
     with pytest.raises(ValueError, match="--max_new_tokens=1"):
         pruning_suite.main(["--workdir", str(table[0]), "--max_new_tokens", "1"])
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--budget", "144", r"--budget=144: .* between 1 and 143 of the model's 144"),
+    ("--budget", "0", "--budget=0"), ("--psigmoid_budget", "1.5", "--psigmoid_budget=1.5")])
+def test_budgets_no_method_can_meet_are_errors(table, flag, value, match):
+    with pytest.raises(ValueError, match=match):
+        pruning_suite.main(["--workdir", str(table[0]), "--as_is", flag, value])

@@ -202,6 +202,11 @@ def main(argv: list[str] | None = None) -> dict:
     params = jax.device_put(params)
     cfg = models.from_dict(train_cfg.model)
     depth, v = cfg.llm.depth, cfg.num_visual_tokens
+    if not 0 < args.budget < v:
+        raise ValueError(f"--budget={args.budget}: the equal-budget methods keep between 1 and "
+                         f"{v - 1} of the model's {v} visual tokens")
+    if not 0 < args.psigmoid_budget < 1:
+        raise ValueError(f"--psigmoid_budget={args.psigmoid_budget}: a fraction of V in (0, 1)")
     bs = args.batch
     loaders: dict = {}
 
