@@ -23,7 +23,7 @@ KINDS = ("unpruned", "fastv", "dart", "random", "pyramiddrop", "psigmoid", "gsea
 def table(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("suite")
     c = prune_bench.get_config(f"width=32,heads=2,kv_heads=1,depth=2,vis_width=8,res=36,"
-                               f"steps=1,batch=4,data_dir={tmp / 'tfds'}")
+                               f"steps=1,batch=8,data_dir={tmp / 'tfds'}")
     c.data.synthetic.update(num_train=16, num_validation=8, num_test=12)
     c.train.update(ckpt_every=1)
     c.mode = "train"
