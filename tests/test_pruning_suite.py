@@ -32,7 +32,7 @@ def table(tmp_path_factory):
     return run, pruning_suite.main([
         "--workdir", str(run), "--as_is", "--n_calib", "4", "--n_score", "8", "--batch", "4",
         "--timing_batch", "4", "--trials", "2", "--grid", "0,1", "--runs", "1",
-        "--max_new_tokens", "2", "--pivots", "2"])
+        "--max_new_tokens", "2", "--pivots", "2", "--psigmoid_budget", "0.6"])
 
 
 def test_every_baseline_and_control_is_a_row(table):
