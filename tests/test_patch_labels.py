@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from vlm_jax.data import glyphs, scenes
-from vlm_jax.data.synthetic import (PATCH_HEADS, SyntheticConfig, generate_example,
-                                    patch_labels)
+from vlm_jax.data.synthetic import PATCH_HEADS, SyntheticConfig, generate_example, patch_labels
 from vlm_jax.train.losses import patch_label_loss
 
 

@@ -9,11 +9,11 @@ when `patch_classes` is). The image tower is an ordinary `ViT`, so its params dr
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from typing import NamedTuple
 
 from vlm_jax.models.config import TextTowerConfig, ViTConfig
 from vlm_jax.models.layers import dense, dtype_of, layer_norm

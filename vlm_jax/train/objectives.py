@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax import models
+from vlm_jax.data.synthetic import PATCH_HEADS
 from vlm_jax.models.config import TextTowerConfig, ViTConfig, VLMConfig
 from vlm_jax.models.pair import ImageTextPair
-from vlm_jax.data.synthetic import PATCH_HEADS
 from vlm_jax.train.losses import next_token_loss, patch_label_loss, sigmoid_pair_loss
 
 # Stage -> default regex of frozen parameter paths.
