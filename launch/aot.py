@@ -108,7 +108,8 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    return trainer, compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1}
+    return trainer, compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1,
+                               "compile_effort": float(trainer.config.train.get("compile_effort", 0.0))}
 
 
 def _nbytes(tree: Any) -> int:
@@ -223,7 +224,8 @@ def format_report(r: dict) -> str:
             lines.append(f"XLA's optimal step time {rf['xla_optimal_s'] * 1e3:.1f} ms -> MFU "
                          f"{pct(rf['mfu_at_xla_optimal_s'])} (an estimate, not a measurement)")
     if "compile_s" in r:
-        lines.append(f"lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s")
+        lines.append(f"lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s (XLA "
+                     f"exec_time_optimization_effort {r.get('compile_effort', 0.0):g})")
     return "\n".join(lines)
 
 
