@@ -13,8 +13,8 @@ Model: CLIP ViT-L/14-336 (24 x 24 patches) + QueCC at V < 576, the plain project
 (`identity`) at 576, + Qwen-1.5. Stage 1 (`align`): LLaVA-Pretrain 558k captions, compressor
 and projector train (tower and LLM frozen), lr 1e-3, global batch 256, cosine with 3% warmup,
 no weight decay, one epoch. Stage 2 (`tune`): the LLaVA-1.5 665k mix, everything but the tower
-trains, lr 2e-5, batch 128, one epoch. bf16 compute, remat, FSDP (plus 4-way tensor
-parallelism from 4B up). Evaluation: GQA, VQAv2 (val), VizWiz, ScienceQA-IMG, TextVQA, POPE,
+trains, lr 2e-5, batch 128, one epoch. bf16 compute, remat, FSDP plus tensor parallelism
+(2-way, 4-way from 4B up). Evaluation: GQA, VQAv2 (val), VizWiz, ScienceQA-IMG, TextVQA, POPE,
 MME, MMBench (dev), SEED-Bench (image) from their own files, official metrics; families:
 `reasoning` (all but TextVQA) and `ocr` (TextVQA).
 
@@ -154,9 +154,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     grid.compressor = ("quecc",)
     grid.compressor_at = {str(tokens[-1]): "identity"}  # every patch: the plain projector
     grid.llm_vars = {k: {"hf_dir": d} for k, (_, d) in (TINY_LLMS if tiny else LLMS).items()}
-    if not tiny:  # 4-way tensor parallelism from 4B up (launch/README.md: the AOT table)
-        grid.llm_point = {k: dict(mesh={"fsdp": -1, "tensor": 4}, sharding="fsdp_tp")
-                          for k in ("qwen-4b", "qwen-7b")}
+    if not tiny:  # tensor parallelism: 2-way (stage 2's batch of 128 must split over the
+        # data axes of 256 chips), 4-way from 4B up (launch/README.md: the AOT table)
+        grid.llm_point = {k: dict(mesh={"fsdp": -1, "tensor": tp}, sharding="fsdp_tp")
+                          for k, tp in (("qwen-0_5b", 2), ("qwen-1_8b", 2), ("qwen-4b", 4),
+                                        ("qwen-7b", 4))}
     c.sweep = ml_collections.ConfigDict(dict(grid=grid, families=tuple(FAMILIES),
                                              text_tokens=0))
     if tiny:

@@ -29,7 +29,7 @@ import tiny_vlm  # noqa: E402  (the point template: configs/tiny_vlm.py)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, smoke=False, steps=500, pretrain_steps=300, per_task=500,
-                  data_dir="~/vlm_jax_data/tfds")
+                  patch_weight=0.0, data_dir="~/vlm_jax_data/tfds")
     sizes, tokens = (("s", "m"), (1, 16)) if a.smoke else (("s", "m", "l"), (1, 4, 16, 64))
     steps = 6 if a.smoke else a.steps
     c = ml_collections.ConfigDict()
@@ -56,7 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pre.mode, pre.stage = "train", 0
     vision = tiny_sweep_vision(point.data.synthetic.resolution)
     text = TextTowerConfig(family="clip", width=64, depth=2, heads=4, mlp_dim=256)
-    pre.pair = dict(vision=to_dict(vision), text=to_dict(text), embed_dim=64)
+    pre.pair = dict(vision=to_dict(vision), text=to_dict(text), embed_dim=64,
+                    patch_label_weight=a.patch_weight)
     pre.data = ml_collections.ConfigDict(point.data.to_dict())
     pre.data.synthetic.update(tasks=("caption", "ocr"), eval_tasks=(), num_test=100)
     pre.train = ml_collections.ConfigDict(point.train.to_dict())

@@ -108,7 +108,8 @@ def compile_train_step(config: ml_collections.ConfigDict, topology: str,
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    return trainer, compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1}
+    return trainer, compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1,
+                               "compile_effort": float(trainer.config.train.get("compile_effort", 0.0))}
 
 
 def _nbytes(tree: Any) -> int:
@@ -117,20 +118,24 @@ def _nbytes(tree: Any) -> int:
                for x in jax.tree_util.tree_leaves(tree))
 
 
-def model_flops_per_step(config: ml_collections.ConfigDict, trainer, batch_size: int) -> float | None:
-    """Analytic training FLOPs of one step (forward + backward; the frozen vision tower
-    forward only), from vlm_jax.models.flops with logits at every position. None for stage 0."""
-    if config.stage == 0:
-        return None
+def vision_trains(trainer) -> bool:
+    """Whether any vision-tower parameter is trainable in `trainer`'s step."""
+    return any(t for p, t in jax.tree_util.tree_leaves_with_path(trainer.trainable)
+               if jax.tree_util.keystr(p).startswith("['vision_tower']"))
+
+
+def model_flops_per_step(config: ml_collections.ConfigDict, model_cfg, tower_trains: bool,
+                         batch_size: int) -> float:
+    """Analytic training FLOPs of one step of `model_cfg` (a VLMConfig) at `config.data`'s text
+    lengths (forward + backward; the vision tower forward only unless `tower_trains`), from
+    vlm_jax.models.flops with logits at every position."""
     from vlm_jax.models.flops import vlm_flops
-    cfg = trainer.task.model_cfg
+    cfg = model_cfg
     seq = cfg.num_visual_tokens + config.data.max_text_len
     fwd = vlm_flops(cfg, config.data.max_text_len, question_tokens=config.data.max_question_len)
     fwd["lm_head"] = 2.0 * seq * cfg.llm.width * cfg.llm.vocab_size  # every position's logits
-    vision_trains = any(t for p, t in jax.tree_util.tree_leaves_with_path(trainer.trainable)
-                        if jax.tree_util.keystr(p).startswith("['vision_tower']"))
     rest = sum(v for k, v in fwd.items() if k not in ("vision", "total", "decode"))
-    return batch_size * (3.0 * rest + (3.0 if vision_trains else 1.0) * fwd["vision"])
+    return batch_size * (3.0 * rest + (3.0 if tower_trains else 1.0) * fwd["vision"])
 
 
 def _cost(compiled) -> dict:
@@ -161,7 +166,8 @@ def report(config: ml_collections.ConfigDict, topology: str, trainer, compiled,
     mem["hbm"] = chip.hbm_bytes // per_chip if chip else None
     cost = _cost(compiled)
     n_dev = trainer.mesh.devices.size
-    model = model_flops_per_step(config, trainer, batch_size)
+    model = None if config.stage == 0 else model_flops_per_step(  # stage 0: no VLM
+        config, trainer.task.model_cfg, vision_trains(trainer), batch_size)
     out = {
         "topology": topology, "device_kind": kind, "devices": n_dev,
         "mesh": dict(trainer.mesh.shape), "sharding": config.sharding,
@@ -223,7 +229,8 @@ def format_report(r: dict) -> str:
             lines.append(f"XLA's optimal step time {rf['xla_optimal_s'] * 1e3:.1f} ms -> MFU "
                          f"{pct(rf['mfu_at_xla_optimal_s'])} (an estimate, not a measurement)")
     if "compile_s" in r:
-        lines.append(f"lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s")
+        lines.append(f"lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s (XLA "
+                     f"exec_time_optimization_effort {r.get('compile_effort', 0.0):g})")
     return "\n".join(lines)
 
 

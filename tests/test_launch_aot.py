@@ -116,3 +116,20 @@ def test_scanned_layers_compile_and_shard_the_stacked_params():
     q = trainer.abstract_state["params"]["language_model"]["layers"]["self_attn"]["q_proj"]
     assert q["kernel"].shape[0] == 2 and q["kernel"].sharding.spec[0] is None
     assert "layers_0" not in trainer.abstract_state["params"]["vision_tower"]
+
+
+def test_compile_effort_reaches_the_compile_and_is_checked():
+    """`train.compile_effort` is XLA's exec_time_optimization_effort for the jitted step (the
+    AOT tool compiles that same jit); a value outside [-1, 1] is an error naming the key."""
+    c = tiny_fsdp_tp()
+    c.train.compile_effort = -1.0
+    trainer, compiled, timings = aot.compile_train_step(c, "v5e:2x2")
+    r = aot.report(c, "v5e:2x2", trainer, compiled, timings)
+    assert r["compile_effort"] == -1.0 and r["fits"] is True
+    assert "exec_time_optimization_effort -1" in aot.format_report(r)
+    lowered = trainer.lower(trainer.abstract_state, aot.abstract_batch(trainer, 8))
+    options = dict(lowered._lowering._compiler_options_kvs)  # what jit hands to XLA
+    assert options == {"exec_time_optimization_effort": -1.0}
+    c.train.compile_effort = 2.0
+    with pytest.raises(ValueError, match=r"config.train.compile_effort must be in \[-1, 1\]"):
+        aot.compile_train_step(c, "v5e:2x2")

@@ -11,7 +11,7 @@ from vlm_jax.eval import generate
 from vlm_jax.models import init_params, presets
 from vlm_jax.models import llm as llm_mod
 from vlm_jax.models.cache import init_cache
-from vlm_jax.models.layers import attention_weights
+from vlm_jax.models.layers import attention_weights, causal_mask
 from vlm_jax.models.llm import default_positions
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import PruneSpec, ScheduleError, cache_sizes, schedules
@@ -49,17 +49,17 @@ def jit_forward(cfg, params, batch, prune=None, **kw):
 
 
 class Capture:
-    """Replaces the LLM's attention to record explicit probabilities `[B, KV, G, Lq, Lk]`."""
+    """Replaces the LLM's causal self-attention to record explicit probabilities `[B, KV, G, Lq, Lk]`."""
 
     def __init__(self, monkeypatch):
-        self.probs, self._orig = [], llm_mod.attention
-        monkeypatch.setattr(llm_mod, "attention", self)
+        self.probs, self._orig = [], llm_mod.causal_attention
+        monkeypatch.setattr(llm_mod, "causal_attention", self)
 
-    def __call__(self, q, k, v, mask, impl="xla"):
+    def __call__(self, q, k, v, valid, impl="xla"):
         b, lq, h, dh = q.shape
-        self.probs.append(np.asarray(
-            attention_weights(q.reshape(b, lq, k.shape[2], h // k.shape[2], dh), k, mask)))
-        return self._orig(q, k, v, mask, impl)
+        self.probs.append(np.asarray(attention_weights(
+            q.reshape(b, lq, k.shape[2], h // k.shape[2], dh), k, causal_mask(valid))))
+        return self._orig(q, k, v, valid, impl)
 
 
 def importance_by_hand(probs, rows):

@@ -1,17 +1,22 @@
 """Pruning baselines and controls against hand-computed small cases (tiny models)."""
 
 import dataclasses
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vlm_jax import data, models
 from vlm_jax.eval import generate
+from vlm_jax.eval.evaluator import evaluate
 from vlm_jax.models import init_params, presets
 from vlm_jax.models import vit as vit_mod
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import PruneSpec, ScheduleError, schedules
+from vlm_jax.pruning.calibration import random_calibration
 from vlm_jax.pruning.prellm import (
     VisionZipVLM,
     pooling_config,
@@ -19,6 +24,9 @@ from vlm_jax.pruning.prellm import (
     visionzip_select,
 )
 from vlm_jax.pruning.selection import PIVOT_SCORE, dart_scores, random_scores
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "configs"))
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +195,123 @@ def test_random_scores_follow_the_visual_ordinal_not_the_offset():
     assert not np.array_equal(s, np.asarray(random_scores(visual, 3, seed=1)))
 
 
+class Recorder:
+    """A LayerHook that drops nothing and keeps each layer's output `[B, L, D]` (and is its own
+    pruning request, for `VLM.forward(prune=...)`)."""
+
+    def __init__(self):
+        self.outputs = []
+
+    def hook(self, visual, valid, query=None, *, depth, num_visual):
+        return self
+
+    def start(self, seq_len, valid, cache):
+        return ()
+
+    def request(self, layer, state):
+        return None
+
+    def between(self, layer, x, positions, valid, state, importance):
+        self.outputs.append(np.asarray(x))
+        return x, positions, valid, state
+
+    def finish(self, out, state):
+        return out
+
+
+@pytest.fixture(scope="module")
+def deep():
+    """A 4-layer LLM (V = 16) and a left-padded batch whose images sit at different offsets."""
+    cfg = presets.llava("clip-tiny", "qwen2-tiny")
+    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, depth=4))
+    calib = random_calibration(cfg, 3, prompt_len=7, max_pad=4, seed=3)
+    batch = {k: jnp.asarray(v) for k, v in calib.items() if k != "answers"}
+    return cfg, init_params(cfg, 0), batch
+
+
+def pruned_index(cfg, params, batch, spec):
+    return np.asarray(VLM(cfg).apply({"params": params}, batch["images"], batch["tokens"],
+                                     batch["valid"], method="forward", prune=spec).index)
+
+
+def hidden_after_layers(cfg, params, batch):
+    rec = Recorder()
+    VLM(cfg).apply({"params": params}, batch["images"], batch["tokens"], batch["valid"],
+                   method="forward", prune=rec)
+    return rec.outputs
+
+
+def index_keeping(visual_row, kept):
+    """Original slots of a row's survivors: every non-visual slot and the `kept` visual ones."""
+    return sorted(set(np.flatnonzero(~visual_row).tolist()) | set(kept))
+
+
+def dart_keep_by_hand(x, visual, pivots, keep):
+    """DART on one row: x `[L, D]` -> the kept visual slots (numpy, float64)."""
+    vis = np.flatnonzero(visual)
+    norm = np.linalg.norm(x.astype(np.float64), axis=-1)
+    piv = vis[np.argsort(-norm[vis], kind="stable")[:pivots]]
+    unit = x / norm[:, None]
+    dup = {j: max(float(unit[j] @ unit[p]) for p in piv) for j in vis}
+    ranked = sorted(vis, key=lambda j: (j not in piv, dup[j], j))
+    return ranked[:keep]
+
+
+@pytest.mark.parametrize("keep, pivots", [((16, 6, 6, 6), 2), ((16, 16, 5, 5), 3),
+                                          ((16, 16, 16, 2), 4)])
+def test_dart_prunes_by_duplication_of_the_hidden_states(deep, keep, pivots):
+    """DART through the decoder's hook keeps the pivots and the tokens least similar to them,
+    judged on the hidden states after the layer before the drop (an unpruned run's)."""
+    cfg, params, batch = deep
+    drop = next(i for i in range(1, 4) if keep[i] < keep[i - 1])
+    x = hidden_after_layers(cfg, params, batch)[drop - 1]
+    visual = np.asarray(batch["tokens"]) == cfg.image_token_id
+    got = pruned_index(cfg, params, batch, PruneSpec(keep, score="dart", pivots=pivots))
+    for b in range(len(visual)):
+        kept = dart_keep_by_hand(x[b], visual[b], min(pivots, keep[drop]), keep[drop])
+        assert got[b].tolist() == index_keeping(visual[b], kept)
+
+
+def test_random_keep_prunes_the_same_grid_positions_in_every_row(deep):
+    cfg, params, batch = deep
+    keep = (16, 16, 6, 3)
+    visual = np.asarray(batch["tokens"]) == cfg.image_token_id
+    got = pruned_index(cfg, params, batch, PruneSpec(keep, score="random", seed=7))
+    # by hand: the draws of the seed plus the layer index, ranked by visual ordinal
+    first = np.asarray(jax.random.uniform(jax.random.key(7 + 1), (16,)))
+    alive = np.sort(np.argsort(-first, kind="stable")[:6])  # ordinals after layer 1
+    second = np.asarray(jax.random.uniform(jax.random.key(7 + 2), (6,)))
+    alive = alive[np.sort(np.argsort(-second, kind="stable")[:3])]
+    for b in range(len(visual)):
+        start = int(np.argmax(visual[b]))
+        assert got[b].tolist() == index_keeping(visual[b], (start + alive).tolist())
+    other = pruned_index(cfg, params, batch, PruneSpec(keep, score="random", seed=8))
+    assert not np.array_equal(other, got)
+
+
+def test_dart_and_random_ask_no_layer_for_attention(deep):
+    """Neither needs an attention map: every layer runs plain attention (the fused path where
+    the model has one), unless importance is recorded for diagnostics."""
+    cfg, _, batch = deep
+    visual = batch["tokens"] == cfg.image_token_id
+    for score in ("dart", "random"):
+        pruner = PruneSpec((16, 8, 4, 2), score=score).hook(visual, batch["valid"], depth=4,
+                                                            num_visual=16)
+        state = pruner.start(batch["tokens"].shape[1], batch["valid"], None)
+        assert [pruner.request(layer, state) for layer in range(4)] == [None] * 4
+    attention = PruneSpec((16, 16, 4, 4)).hook(visual, batch["valid"], depth=4, num_visual=16)
+    state = attention.start(batch["tokens"].shape[1], batch["valid"], None)
+    assert [attention.request(layer, state) is not None for layer in range(4)] == [
+        False, True, False, False]
+
+
+def test_spec_rejects_unknown_scores():
+    with pytest.raises(ValueError, match="score must be one of"):
+        PruneSpec((4, 2), score="norm")
+    with pytest.raises(ValueError, match="pivots must be >= 1"):
+        PruneSpec((4, 2), score="dart", pivots=0)
+
+
 # ----------------------------------------------------------------------------- batch invariance
 
 def _answers_at_batch_1_and_8(module, spec, cfg, params, num_visual):
@@ -202,7 +327,8 @@ def _answers_at_batch_1_and_8(module, spec, cfg, params, num_visual):
     return whole, one
 
 
-@pytest.mark.parametrize("name", ["fastv", "pyramiddrop", "visionzip", "pooling"])
+@pytest.mark.parametrize("name", ["fastv", "pyramiddrop", "dart", "random", "visionzip",
+                                  "pooling"])
 def test_pruned_answers_do_not_depend_on_the_batch(model, name):
     cfg, params = model
     cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, depth=4))
@@ -213,9 +339,43 @@ def test_pruned_answers_do_not_depend_on_the_batch(model, name):
         spec = PruneSpec(schedules.fastv(4, v, 1, 0.75))
     elif name == "pyramiddrop":
         spec = PruneSpec(schedules.pyramiddrop(4, v))
+    elif name in ("dart", "random"):
+        spec = PruneSpec(schedules.fastv(4, v, 1, 0.75), score=name, pivots=2)
     elif name == "visionzip":
         module, n = VisionZipVLM(cfg, dominant=3, contextual=1), 4
     else:
         module, n = VLM(pooling_config(cfg, 4)), 4
     whole, one = _answers_at_batch_1_and_8(module, spec, cfg, params, n)
     np.testing.assert_array_equal(whole, one)
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory):
+    import tiny_vlm
+    c = tiny_vlm.get_config(f"llm=s,V=4,res=32,data_dir={tmp_path_factory.mktemp('tfds')}")
+    c.data.synthetic.update(num_train=16, num_validation=8, num_test=16)
+    cfg = models.from_dict(c.model)
+    # 3x the init: greedy answers vary with the input, and the schedules change some of them
+    params = jax.tree_util.tree_map(lambda x: 3 * x, models.init_params(cfg, 0))
+    return c, cfg, params
+
+
+@pytest.mark.parametrize("score", ["attention", "dart", "random"])
+def test_pruned_evaluation_is_the_same_at_batch_1_and_8(eval_setup, score):
+    """The evaluator (the runner's and the benchmark's scoring path: loader, padding, stop
+    tokens, metrics) under a schedule gives the same answers and scores at batch 1 and 8."""
+    c, cfg, params = eval_setup
+    module = models.build(cfg)
+    spec = PruneSpec(schedules.fastv(cfg.llm.depth, cfg.num_visual_tokens, 1, 0.75),
+                     score=score, pivots=1)
+    loader = lambda b: data.make_loader(
+        c.data, split="test", batch_size=b, num_visual_tokens=cfg.num_visual_tokens,
+        image_size=cfg.vision.image_size, image_token_id=cfg.image_token_id, mode="eval")
+    results = {b: evaluate(module, params, loader(b), max_new_tokens=4, prune=spec)
+               for b in (1, 8)}
+    one, eight = results[1]["records"], results[8]["records"]
+    assert len(one) == len(eight) == 16
+    assert [r["id"] for r in one] == [r["id"] for r in eight]
+    assert [r["prediction"] for r in one] == [r["prediction"] for r in eight]
+    assert results[1]["tasks"] == results[8]["tasks"]
+    assert len({r["prediction"] for r in one}) > 1  # the answers say something

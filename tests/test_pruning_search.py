@@ -13,7 +13,7 @@ import pytest
 from vlm_jax.bench import pruning as bench
 from vlm_jax.models import init_params, presets
 from vlm_jax.models import llm as llm_mod
-from vlm_jax.models.layers import attention_weights
+from vlm_jax.models.layers import attention_weights, causal_mask
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import ScheduleError, calibration, diagnostics, report, schedules
 from vlm_jax.pruning.gsearch import default_grid, g_search
@@ -173,15 +173,15 @@ def test_layer_importance_matches_explicit_probabilities(model, monkeypatch):
     imp = diagnostics.layer_importance(cfg, params, batch, query="text")
     assert imp.shape == (4, 2, 16)
     probs = []
-    orig = llm_mod.attention
+    orig = llm_mod.causal_attention
 
-    def capture(q, k, v, mask, impl="xla"):
+    def capture(q, k, v, valid, impl="xla"):
         b, lq, h, dh = q.shape
         probs.append(np.asarray(attention_weights(
-            q.reshape(b, lq, k.shape[2], h // k.shape[2], dh), k, mask)))
-        return orig(q, k, v, mask, impl)
+            q.reshape(b, lq, k.shape[2], h // k.shape[2], dh), k, causal_mask(valid))))
+        return orig(q, k, v, valid, impl)
 
-    monkeypatch.setattr(llm_mod, "attention", capture)
+    monkeypatch.setattr(llm_mod, "causal_attention", capture)
     VLM(cfg).apply({"params": params}, batch["images"], batch["tokens"], batch["valid"])
     visual = calib["tokens"] == cfg.image_token_id
     for b in range(2):

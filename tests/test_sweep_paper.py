@@ -30,7 +30,7 @@ def test_grid_and_recipe():
     assert sorted({q.model.compressor.name for q in points.values()}) == ["identity", "quecc"]
     assert p.model.llm.width == 4096 and p.model.llm.dtype == "bfloat16" and p.model.llm.remat
     assert (p.mesh.to_dict(), p.sharding) == ({"fsdp": -1, "tensor": 4}, "fsdp_tp")
-    assert points["qwen-0_5b_V1_quecc"].sharding == "fsdp"
+    assert points["qwen-0_5b_V1_quecc"].mesh.to_dict() == {"fsdp": -1, "tensor": 2}
     (s1, c1, d1), (s2, c2, d2) = sweep.stage_configs(p, "/w/points/x")
     assert (s1, s2) == ("align", "tune") and d1 == "/w/points/x/align"
     assert (c1.stage, c1.optim.lr, c1.train.batch_size, c1.optim.schedule) == (1, 1e-3, 256, "cosine")
@@ -93,6 +93,20 @@ def test_inputs_checked_before_the_pod_is_made(tmp_path, monkeypatch):
     seed.write_text(json.dumps([{"question": "a list, not SEED's layout"}]))
     with pytest.raises(bl.BenchmarkFormatError, match=f"{seed}: the file has no `questions`"):
         sweep.run_sweep(c, str(tmp_path / "w"))
+    assert not ran
+
+
+def test_init_from_pointing_nowhere_is_named_before_the_pod_is_made(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(pod, "execute", lambda *a, **k: ran.append(a))
+    root = tmp_path / "data"
+    _data_root(root)
+    c = sweep_paper.get_config(f"data_root={root},{POD}")
+    c.point.stages[1]["init_from"] = dict(workdir=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError) as e:
+        sweep.run_sweep(c, str(tmp_path / "w"))
+    assert f"stage 'tune': init_from.workdir = {tmp_path}/nowhere does not exist" in str(e.value)
+    assert "data.files" not in str(e.value)  # every other input is there
     assert not ran
 
 

@@ -14,6 +14,7 @@ consumer (objectives, the evaluator, generation, pruning) reads them; nothing re
 | `text_valid`     | bool `[B, Lt]`         | as `text_tokens`                                 |
 | `loss_mask`      | float32 `[B, L]`       | the next-token objective                         |
 | `example_mask`   | bool `[B]`             | the evaluator (False on rows padding a batch)    |
+| `patch_labels`   | int32 `[B, P, 4]`      | stage 0's patch-label probe (synthetic suite)    |
 
 `positions` is never in a batch: the model derives it from `valid`. A model's own inputs are
 `VLM_KEYS` (`VLM_TEXT_QUERY_KEYS` only when the config reads the question), `PAIR_KEYS` for
@@ -27,6 +28,7 @@ VLM_TEXT_QUERY_KEYS = ("question", "question_valid")
 PAIR_KEYS = ("images", "text_tokens", "text_valid")
 LOSS_MASK = "loss_mask"
 EXAMPLE_MASK = "example_mask"
+PATCH_LABELS = "patch_labels"
 META_KEYS = ("id", "task", "answer", "answers")  # object arrays `[B]`; never jitted
 
 

@@ -10,14 +10,15 @@ top of the image). Methods, at equal budgets where they compete:
 
 - in-LLM schedules ranked by attention: FastV, PyramidDrop, P-Sigmoid (Bayesian optimisation
   under an average-token budget), G-Search;
-- (not yet in this table: DART and the random-keep control exist as token scores in
-  `vlm_jax.pruning.selection`, tested, but are not wired through the decoder's hook yet);
+- in-LLM, at FastV's schedule (same layer, same budget) but ranked without attention: DART
+  (duplication of the hidden states) and the random-keep control (`PruneSpec.score`);
 - before the LLM, at the same token count: VisionZip and uniform pooling.
 
 Cost of each row: per-layer visual tokens, equivalent tokens (their mean over layers),
 prefill FLOPs (tower + projector + LLM, `vlm_jax.models.flops`), measured time to first token
 and decode time per token with the KV cache (medians of interleaved rounds, beside the load
-average), score and drop per task. Writes `DIR/pruning_table.json` and
+average), score and drop per task, and the score without the spatial task beside it.
+Writes `DIR/pruning_table.json` and
 `DIR/pruning_speedup_vs_drop.png`; prints the table, then one JSON line.
 """
 
@@ -38,7 +39,7 @@ from vlm_jax import batch as batch_lib
 from vlm_jax import models
 from vlm_jax.bench.load import load_average
 from vlm_jax.eval import generate
-from vlm_jax.eval.evaluator import evaluate
+from vlm_jax.eval.evaluator import SYNTHETIC_TASKS, evaluate
 from vlm_jax.models import flops as flops_lib
 from vlm_jax.models.vlm import VLM
 from vlm_jax.pruning import prellm, report, schedules
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKDIR = os.path.join("workdirs", "prune_bench")
 SCORE = "reasoning"  # the eval family the table scores (the questions; captions apart)
+APART = "spatial"  # the task also scored apart (attention-based pruning loses the image's top)
 
 
 @dataclasses.dataclass
@@ -120,6 +122,15 @@ def measure(methods: list[Method], params, inputs_of: Callable[[int], dict], ste
     return {m.name: (t[f"ttft:{m.name}"], t[f"decode:{m.name}"] / (steps - 1)) for m in methods}
 
 
+def score_without(tasks: dict[str, float], family: str = SCORE, left_out: str = APART
+                  ) -> float | None:
+    """The family's score (the mean of its task means, as `evaluate` computes it) without the
+    task `left_out`; None when no other task of the family was scored."""
+    means = [s for t, s in tasks.items()
+             if SYNTHETIC_TASKS.get(t, ("", ""))[1] == family and t != left_out]
+    return sum(means) / len(means) if means else None
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -141,7 +152,8 @@ def plot(rows: list[dict], path: str) -> None:
 
 def format_rows(rows: list[dict], tasks: list[str]) -> str:
     head = (f"{'method':<26} {'eq_tok':>6} {'GFLOPs':>7} {'flops_x':>7} {'ttft_ms':>8} "
-            f"{'ttft_x':>6} {'eff':>5} {'dec_ms':>6} {'score':>6} {'drop':>6}  "
+            f"{'ttft_x':>6} {'eff':>5} {'dec_ms':>6} {'score':>6} {'drop':>6} "
+            f"{'no_' + APART[:4]:>8} {'drop':>6}  "
             + " ".join(f"{t[:8]:>8}" for t in tasks))
     lines = [head, "-" * len(head)]
     f = lambda x, s: "-" if x is None else format(x, s)
@@ -150,7 +162,9 @@ def format_rows(rows: list[dict], tasks: list[str]) -> str:
             f"{r['method']:<26} {r['equivalent_tokens']:>6.1f} {r['prefill_flops'] / 1e9:>7.3f} "
             f"{f(r['flops_speedup'], '.2f'):>7} {r['ttft_ms']:>8.1f} "
             f"{f(r['ttft_speedup'], '.2f'):>6} {f(r['efficiency'], '.2f'):>5} "
-            f"{r['decode_ms_per_token']:>6.2f} {r['score']:>6.3f} {f(r['drop_points'], '.2f'):>6}  "
+            f"{r['decode_ms_per_token']:>6.2f} {r['score']:>6.3f} {f(r['drop_points'], '.2f'):>6} "
+            f"{f(r[f'score_without_{APART}'], '.3f'):>8} "
+            f"{f(r[f'drop_points_without_{APART}'], '.2f'):>6}  "
             + " ".join(f"{r['tasks'].get(t, float('nan')):>8.3f}" for t in tasks))
     return "\n".join(lines)
 
@@ -164,11 +178,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget", type=int, default=36, help="visual tokens kept by the "
                     "equal-budget methods (VisionZip, pooling, FastV)")
     ap.add_argument("--layer", type=int, default=1, help="layer K where FastV prunes")
+    ap.add_argument("--pivots", type=int, default=4, help="DART pivot tokens")
+    ap.add_argument("--seed", type=int, default=0, help="random keep's seed")
     ap.add_argument("--psigmoid_budget", type=float, default=0.3, help="P-Sigmoid average "
                     "kept fraction")
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--grid", default="0,0.0625,0.125,0.25,0.5,1", help="G-Search fractions")
     ap.add_argument("--eps", type=float, default=0.0)
+    ap.add_argument("--batch", type=int, default=32, help="eval batch size")
     ap.add_argument("--timing_batch", type=int, default=32)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--max_new_tokens", type=int, default=6)
@@ -176,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--as_is", action="store_true", help="use the latest checkpoint in "
                     "--workdir even if its training has not finished")
     args = ap.parse_args(argv)
+    if args.max_new_tokens < 2:
+        raise ValueError(f"--max_new_tokens={args.max_new_tokens}: decode time per token needs "
+                         "at least 2 new tokens (one decode step)")
 
     ensure_trained(args.workdir, args.as_is)
     train_cfg, params = load_run(args.workdir)
@@ -183,7 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
     params = jax.device_put(params)
     cfg = models.from_dict(train_cfg.model)
     depth, v = cfg.llm.depth, cfg.num_visual_tokens
-    bs = 32
+    if not 0 < args.budget < v:
+        raise ValueError(f"--budget={args.budget}: the equal-budget methods keep between 1 and "
+                         f"{v - 1} of the model's {v} visual tokens")
+    if not 0 < args.psigmoid_budget < 1:
+        raise ValueError(f"--psigmoid_budget={args.psigmoid_budget}: a fraction of V in (0, 1)")
+    bs = args.batch
     loaders: dict = {}
 
     def loader(split: str, tokens: int):
@@ -209,7 +234,12 @@ def main(argv: list[str] | None = None) -> dict:
     add_schedule = lambda name, keep: methods.append(Method(name, "schedule", keep, plain,
                                                             spec(keep), v))
     r = 1 - args.budget / v
-    add_schedule(f"fastv K={args.layer} R={r:.3f}", schedules.fastv(depth, v, args.layer, r))
+    fastv = schedules.fastv(depth, v, args.layer, r)
+    add_schedule(f"fastv K={args.layer} R={r:.3f}", fastv)
+    methods.append(Method(f"dart K={args.layer} R={r:.3f} P={args.pivots}", "selection", fastv,
+                          plain, PruneSpec(fastv, score="dart", pivots=args.pivots), v))
+    methods.append(Method(f"random K={args.layer} R={r:.3f}", "selection", fastv, plain,
+                          PruneSpec(fastv, score="random", seed=args.seed), v))
     add_schedule("pyramiddrop S=4 l=0.5", schedules.pyramiddrop(depth, v, min(4, depth), 0.5))
     ps = psigmoid_search(calib, depth, v, args.psigmoid_budget * v, n_trials=args.trials)
     add_schedule(f"psigmoid avg<={args.psigmoid_budget:g}V", ps.keep)
@@ -244,7 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"method": m.name, "family": m.family, "keep": list(m.keep),
                "equivalent_tokens": schedules.average_kept(m.keep), "prefill_flops": fl,
                "ttft_ms": 1e3 * ttft, "decode_ms_per_token": 1e3 * dec,
-               "score": res["families"][SCORE], "tasks": res["tasks"]}
+               "score": res["families"][SCORE], "tasks": res["tasks"],
+               f"score_without_{APART}": score_without(res["tasks"])}
         if rows:
             base = rows[0]
             row.update(flops_speedup=base["prefill_flops"] / fl,
@@ -252,10 +283,14 @@ def main(argv: list[str] | None = None) -> dict:
                        drop_points=100 * (base["score"] - row["score"]),
                        task_drop_points={t: 100 * (base["tasks"][t] - s)
                                          for t, s in res["tasks"].items()})
+            apart = (base[f"score_without_{APART}"], row[f"score_without_{APART}"])
+            row[f"drop_points_without_{APART}"] = None if None in apart else \
+                100 * (apart[0] - apart[1])
             row["efficiency"] = row["ttft_speedup"] / row["flops_speedup"]
         else:
             row.update(flops_speedup=None, ttft_speedup=None, drop_points=None,
-                       efficiency=None, task_drop_points=None)
+                       efficiency=None, task_drop_points=None,
+                       **{f"drop_points_without_{APART}": None})
         rows.append(row)
     tasks = sorted(rows[0]["tasks"])
     print(format_rows(rows, tasks), flush=True)

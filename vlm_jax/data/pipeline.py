@@ -15,6 +15,8 @@ Batches follow `vlm_jax.batch`: numpy arrays keyed by the model call's argument 
 | `question`       | int32 `[B, Lq]`        | [bos] + the user's question alone, right-padded  |
 | `question_valid` | bool `[B, Lq]`         |                                                  |
 | `example_mask`   | bool `[B]`             | False on rows padding the last eval batch(es)    |
+| `patch_labels`   | int32 `[B, P, 4]`      | `patch_grid` > 0 only: synthetic per-patch labels|
+|                  |                        | (`synthetic.patch_labels`; P = patch_grid ** 2)  |
 | `id` `task` `answer` `answers` | object `[B]` | metadata (answers: tuples of str); not for jit |
 
 `ARRAY_KEYS` / `META_KEYS` name the two groups; `split_batch(batch)` separates them.
@@ -52,7 +54,8 @@ from vlm_jax.data.tokenizer import HFTokenizer, Tokenizer, WordTokenizer
 from vlm_jax.data.transforms import Collate, DropSkipped, Prepare
 
 ARRAY_KEYS = batch_lib.VLM_KEYS + batch_lib.VLM_TEXT_QUERY_KEYS + (batch_lib.LOSS_MASK,
-                                                                   batch_lib.EXAMPLE_MASK)
+                                                                   batch_lib.EXAMPLE_MASK,
+                                                                   batch_lib.PATCH_LABELS)
 META_KEYS = batch_lib.META_KEYS
 MODES = ("train", "eval")
 
@@ -176,14 +179,16 @@ def make_loader(data_cfg, *, split: str, batch_size: int, num_visual_tokens: int
                 image_size: int, normalization="clip", image_token_id: int | None = None,
                 seed: int = 0, shard_index: int | None = None, shard_count: int | None = None,
                 num_epochs: int | None = None, shuffle: bool = True,
-                mode: str = "train", read_options: grain.ReadOptions | None = None) -> Loader:
+                mode: str = "train", read_options: grain.ReadOptions | None = None,
+                patch_grid: int = 0) -> Loader:
     """A grain loader of fixed-shape batches for one process.
 
     normalization: "clip" | "siglip" | "none" | (mean, std). image_token_id: the model's
     placeholder id (default: the tokenizer's `<image>` id). shard_index / shard_count default
     to this JAX process among all (grain.ShardByJaxProcess). num_epochs: None repeats forever
     (train); eval mode always makes one pass. read_options: grain's record-reading threads
-    (default `READ_OPTIONS`: none).
+    (default `READ_OPTIONS`: none). patch_grid > 0: each example also gets the synthetic
+    suite's `patch_labels` on a patch_grid x patch_grid grid (the tower's patches).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -205,7 +210,7 @@ def make_loader(data_cfg, *, split: str, batch_size: int, num_visual_tokens: int
     prepare = Prepare(encoder, image_size=image_size, aspect=cfg.aspect,
                       normalization=normalization, num_visual_tokens=num_visual_tokens,
                       max_text_len=cfg.max_text_len, max_question_len=cfg.max_question_len,
-                      eval_mode=eval_mode, on_error=cfg.on_error)
+                      eval_mode=eval_mode, on_error=cfg.on_error, patch_grid=patch_grid)
     if (shard_index is None) != (shard_count is None):
         raise ValueError("give both shard_index and shard_count, or neither")
     if shard_index is None:

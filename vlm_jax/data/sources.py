@@ -283,7 +283,7 @@ class SyntheticSource:
     source's generic decode (`data_source[i]`, the fallback), at about a third of its CPU.
     """
 
-    _TEXT = ("id", "question", "answer", "task", "caption")
+    _TEXT = ("id", "question", "answer", "task", "caption", "scene")
 
     def __init__(self, data_source, name: str):
         self._ds, self.file = data_source, name
@@ -311,7 +311,8 @@ class SyntheticSource:
         return {"id": values["id"][0].decode(), "file": self.file,
                 "task": values["task"][0].decode(), "turns": [[f"{IMAGE_TOKEN}\n{q}", a]],
                 "question": q, "answer": a, "answers": [v.decode() for v in values["answers"]],
-                "caption": values["caption"][0].decode(), "image": image}
+                "caption": values["caption"][0].decode(), "scene": values["scene"][0].decode(),
+                "image": image}
 
     def _from_tfds(self, index: int) -> dict:
         """The record through TFDS's own decode (features -> numpy)."""
@@ -321,7 +322,7 @@ class SyntheticSource:
         return {"id": s(ex["id"]), "file": self.file, "task": s(ex["task"]),
                 "turns": [[f"{IMAGE_TOKEN}\n{q}", a]], "question": q, "answer": a,
                 "answers": [s(v) for v in ex["answers"]], "caption": s(ex["caption"]),
-                "image": ex["image"]}
+                "scene": s(ex["scene"]), "image": ex["image"]}
 
     def __repr__(self) -> str:
         return f"SyntheticSource({self.file!r}, {len(self)} records)"

@@ -3,7 +3,8 @@
 Tasks: `count`, `exist`, `attribute`, `spatial`, `compare` (reasoning over rendered scenes,
 see questions.py), `ocr` (2-4 characters drawn with the built-in 5x7 font: "what is written?"),
 and `caption` ("describe the image."). Every example also carries the scene's caption (for
-pretraining a vision tower) and its scene as JSON (for checking answers).
+pretraining a vision tower) and its scene as JSON (for checking answers and for the tower's
+per-patch labels, `patch_labels`): the objects, or for OCR each character's box.
 
 Example i of a split is generated from `np.random.default_rng((seed, split_code, i))` alone, so
 any subset can be generated in any order; scenes do not depend on the resolution.
@@ -98,7 +99,8 @@ class SyntheticConfig:
 
 
 def _ocr(rng: np.random.Generator, cfg: SyntheticConfig):
-    """A short random string in the 5x7 font on a light background at a random place."""
+    """A short random string in the 5x7 font on a light background at a random place:
+    (image, text, each character's box `[x0, y0, x1, y1]` as fractions of the image)."""
     n = int(rng.integers(cfg.ocr_min_len, cfg.ocr_max_len + 1))
     text = "".join(glyphs.ALPHABET[i] for i in rng.integers(len(glyphs.ALPHABET), size=n))
     res, scale = cfg.resolution, cfg.text_scale
@@ -106,18 +108,20 @@ def _ocr(rng: np.random.Generator, cfg: SyntheticConfig):
     fg = tuple(int(v) for v in rng.integers(0, 70, size=3))
     image = np.empty((res, res, 3), np.uint8)
     image[:] = bg
+    gw, gh = glyphs.GLYPH_W * scale, glyphs.GLYPH_H * scale
     if cfg.ocr_cell:
         cell, cells = cfg.ocr_cell, res // cfg.ocr_cell
         row, col = int(rng.integers(cells)), int(rng.integers(cells - n + 1))
-        gw, gh = glyphs.GLYPH_W * scale, glyphs.GLYPH_H * scale
-        for i, ch in enumerate(text):  # one character per cell, centred in it
-            glyphs.render_text(image, ch, (col + i) * cell + (cell - gw) // 2,
-                               row * cell + (cell - gh) // 2, scale, fg)
-        return image, text
-    w, h = glyphs.text_size(text, scale)
-    x, y = int(rng.integers(1, res - w)), int(rng.integers(1, res - h))
-    glyphs.render_text(image, text, x, y, scale, fg)
-    return image, text
+        corners = [((col + i) * cell + (cell - gw) // 2, row * cell + (cell - gh) // 2)
+                   for i in range(n)]
+    else:
+        w, h = glyphs.text_size(text, scale)
+        x, y = int(rng.integers(1, res - w)), int(rng.integers(1, res - h))
+        corners = [(x + i * (gw + scale), y) for i in range(n)]
+    for ch, (x, y) in zip(text, corners):
+        glyphs.render_text(image, ch, x, y, scale, fg)
+    boxes = [[x / res, y / res, (x + gw) / res, (y + gh) / res] for x, y in corners]
+    return image, text, boxes
 
 
 def generate_example(cfg: SyntheticConfig, split: str, index: int) -> dict[str, Any]:
@@ -129,16 +133,50 @@ def generate_example(cfg: SyntheticConfig, split: str, index: int) -> dict[str, 
     task = split_tasks[index % len(split_tasks)]
     stratum = index // len(split_tasks)
     if task == "ocr":
-        image, text = _ocr(rng, cfg)
-        objs, question, answer, caption = [], OCR_QUESTION, text, f"the text {text}."
+        image, text, boxes = _ocr(rng, cfg)
+        question, answer, caption = OCR_QUESTION, text, f"the text {text}."
+        scene = [{"char": ch, "box": box} for ch, box in zip(text, boxes)]
     else:
         objs, question, answer = questions.SCENE_TASKS[task](rng, stratum, cfg.max_objects)
         image = scenes.render(objs, cfg.resolution)
         caption = scenes.caption(objs)
         answer = caption if answer is None else answer
+        scene = scenes.to_json(objs)
     return {"id": f"{split}-{index:07d}", "image": image, "question": question,
             "answer": answer, "answers": [answer], "task": task, "caption": caption,
-            "scene": json.dumps(scenes.to_json(objs), separators=(",", ":"))}
+            "scene": json.dumps(scene, separators=(",", ":"))}
+
+
+# Per-patch label heads of `patch_labels`: name -> number of classes (0 = nothing there).
+PATCH_HEADS = {"color": len(scenes.COLORS) + 1, "shape": len(scenes.SHAPES) + 1,
+               "size": len(scenes.SIZES) + 1, "char": len(glyphs.ALPHABET) + 1}
+
+
+def patch_labels(scene: str, grid: int) -> np.ndarray:
+    """int32 `[grid * grid, len(PATCH_HEADS)]`: for each patch of a `grid x grid` patch grid
+    (row-major), the class of what its centre falls on, per head of `PATCH_HEADS`.
+
+    A scene object labels the patches its bounding square overlaps (its colour, shape and
+    size; 1-based, 0 = nothing); an OCR character labels the patches whose centres lie in its
+    glyph box. `scene` is an example's "scene" JSON.
+    """
+    items = json.loads(scene)
+    centres = (np.arange(grid) + 0.5) / grid
+    ys, xs = np.meshgrid(centres, centres, indexing="ij")
+    labels = np.zeros((grid, grid, len(PATCH_HEADS)), np.int32)
+    colors = list(scenes.COLORS)
+    for item in items:
+        if "char" in item:
+            x0, y0, x1, y1 = item["box"]
+            inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+            labels[inside, 3] = glyphs.ALPHABET.index(item["char"]) + 1
+        else:
+            o = scenes.Obj(**item)
+            reach = o.r + 0.5 / grid  # object's half-width + the patch's
+            inside = (np.abs(xs - o.x) < reach) & (np.abs(ys - o.y) < reach)
+            labels[inside, :3] = (colors.index(o.color) + 1, scenes.SHAPES.index(o.shape) + 1,
+                                  scenes.SIZES.index(o.size) + 1)
+    return labels.reshape(grid * grid, len(PATCH_HEADS))
 
 
 def save_grid(path: str, cfg: SyntheticConfig | None = None, rows: int = 4, cols: int = 4,

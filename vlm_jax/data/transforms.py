@@ -19,6 +19,7 @@ from PIL import Image
 
 from vlm_jax.batch import META_KEYS
 from vlm_jax.data.sources import DataError, load_image
+from vlm_jax.data.synthetic import PATCH_HEADS, patch_labels
 from vlm_jax.data.templates import ChatEncoder
 
 NORMALIZATION = {
@@ -111,8 +112,9 @@ class Prepare(grain.MapTransform):
 
     def __init__(self, encoder: ChatEncoder, *, image_size: int, aspect: str, normalization,
                  num_visual_tokens: int, max_text_len: int, max_question_len: int,
-                 eval_mode: bool, on_error: str):
+                 eval_mode: bool, on_error: str, patch_grid: int = 0):
         self.encoder = encoder
+        self.patch_grid = patch_grid
         self.image_size, self.aspect = image_size, aspect
         self.mean, self.std = mean_std(normalization)
         self.v = num_visual_tokens
@@ -158,6 +160,11 @@ class Prepare(grain.MapTransform):
             ex["tokens"], ex["valid"] = pad_to(enc.tokens, self.seq_len, pad_id)
             ex["loss_mask"] = np.zeros(self.seq_len, np.float32)
             ex["loss_mask"][:len(enc.loss_mask)] = enc.loss_mask
+        if self.patch_grid:
+            if "scene" not in rec:
+                raise DataError("no_scene", rec["id"], rec["file"], "patch labels need the "
+                                "synthetic suite's scene; this record has none")
+            ex["patch_labels"] = patch_labels(rec["scene"], self.patch_grid)
         return ex
 
     def blank(self) -> dict:
@@ -171,6 +178,8 @@ class Prepare(grain.MapTransform):
               "example_mask": np.bool_(False), "id": "", "task": "", "answer": "", "answers": []}
         if not self.eval_mode:
             ex["loss_mask"] = np.zeros(self.seq_len, np.float32)
+        if self.patch_grid:
+            ex["patch_labels"] = np.zeros((self.patch_grid**2, len(PATCH_HEADS)), np.int32)
         return ex
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-# Plain attention: "xla" (einsum + softmax) or "cudnn" (jax.nn.dot_product_attention's fused
-# GPU kernel). The pruning kernels' own vocabulary is vlm_jax.kernels.dispatch.IMPLS.
-ATTENTION_IMPLS = ("xla", "cudnn")
+# Plain attention: "xla" (einsum + softmax), "cudnn" (jax.nn.dot_product_attention's fused
+# GPU kernel), "flash" (Pallas flash attention, GPU; never builds the [L, L] scores, see
+# vlm_jax.models.layers.flash_causal_attention) or "flash_interpret" (the same kernel through
+# the Pallas interpreter, any backend: for tests). The pruning kernels' own vocabulary is
+# vlm_jax.kernels.dispatch.IMPLS.
+ATTENTION_IMPLS = ("xla", "cudnn", "flash", "flash_interpret")
+FLASH_IMPLS = ("flash", "flash_interpret")
 # What each compressor reads besides the selected layer's features `x` (the one table; the
 # compressors, the FLOPs counts and `VLMConfig.uses_text_query` read it through
 # `CompressorConfig.reads_multi` / `reads_text`): "multi", several encoder layers (`x_multi`);

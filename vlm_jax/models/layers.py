@@ -168,6 +168,49 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
     return out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, dh)
 
 
+FLASH_BLOCK = 128  # Pallas flash attention's query and key tile (shorter calls: one tile)
+
+
+def flash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
+                           impl: str = "flash") -> jax.Array:
+    """Causal self-attention of a call's own tokens by Pallas flash attention (jax's
+    `pallas.ops.gpu.attention.mha`): neither the `[L, L]` scores nor an `[L, L]` mask exist.
+
+    q: `[B, L, H, Dh]`, k, v: `[B, L, KV, Dh]` (KV heads repeated to H), valid: `[B, L]` bool
+    -> `[B, L, H, Dh]`. Padding is a segment of its own, so a real token attends exactly the
+    real tokens up to it (`causal_mask(valid)`); outputs at padded rows are unspecified.
+    impl: "flash" (Triton; GPU only, raises elsewhere) or "flash_interpret" (any backend).
+    """
+    from jax.experimental.pallas.ops.gpu.attention import BlockSizes, mha
+
+    from vlm_jax.kernels.dispatch import resolve, round_up
+    if impl not in ("flash", "flash_interpret"):
+        raise ValueError(f"flash_causal_attention: impl={impl!r} is not 'flash' or "
+                         "'flash_interpret'")
+    plan = resolve("flash attention", "pallas" if impl == "flash" else "pallas_interpret",
+                   None, ("gpu",))
+    b, n, h, dh = q.shape
+    kv = k.shape[2]
+    block = FLASH_BLOCK if n > FLASH_BLOCK else round_up(n, 16)
+    pad = round_up(n, block) - n
+    seg = jnp.pad(valid.astype(jnp.int32), ((0, 0), (0, pad)), constant_values=2)
+    grow = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    k, v = jnp.repeat(k, h // kv, axis=2), jnp.repeat(v, h // kv, axis=2)
+    out = mha(grow(q), grow(k), grow(v), seg, sm_scale=float(dh) ** -0.5, causal=True,
+              block_sizes=BlockSizes(block_q=block, block_k=block), interpret=plan.interpret)
+    return out[:, :n].astype(q.dtype)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
+                     impl: str = "xla") -> jax.Array:
+    """Causal self-attention of a call's own tokens, padded keys hidden: q `[B, L, H, Dh]`,
+    k, v `[B, L, KV, Dh]`, valid `[B, L]` -> `[B, L, H, Dh]`, on `LLMConfig.attention_impl`
+    (the flash impls build no `[L, L]` array; the others go through `attention`)."""
+    if impl in ("flash", "flash_interpret"):
+        return flash_causal_attention(q, k, v, valid, impl)
+    return attention(q, k, v, causal_mask(valid), impl)
+
+
 def causal_mask(valid: jax.Array) -> jax.Array:
     """`[B, L]` bool valid tokens -> `[B, L, L]` causal mask that also hides padded keys."""
     n = valid.shape[1]

@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 
 from vlm_jax.models.cache import LayerCache
-from vlm_jax.models.config import LLMConfig
+from vlm_jax.models.config import FLASH_IMPLS, LLMConfig
 from vlm_jax.models.layers import (
     RMSNorm,
     attention,
-    causal_mask,
+    causal_attention,
     dense,
     dtype_of,
     remat_block,
@@ -74,7 +74,9 @@ class Attention(nn.Module):
     x: `[B, L, D]`, positions, valid: `[B, L]` -> LayerOutput(`[B, L, D]`, new cache or None,
     importance `[B, L]` or None). `importance` (an ImportanceFn) computes the attention of a
     prefill over its own tokens, so with a cache it assumes a fresh one (the queries are the
-    first L slots), as a pruned prefill guarantees.
+    first L slots), as a pruned prefill guarantees. So do the flash impls for a call of more
+    than one token with a cache (their output is NaN on a cache that already holds tokens);
+    one-token decode steps attend the cache with the "xla" path.
     """
 
     cfg: LLMConfig
@@ -97,19 +99,24 @@ class Attention(nn.Module):
         if importance is not None:
             out, scores = importance(q, k, v, valid)
         new_cache = None
+        flash = cfg.attention_impl in FLASH_IMPLS
         if cache is None:
             if out is None:
-                out = attention(q, k, v, causal_mask(valid), cfg.attention_impl)
+                out = causal_attention(q, k, v, valid, cfg.attention_impl)
         else:
             end = cache.end
             k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, end, 0, 0))
             v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, end, 0, 0))
             valid_all = jax.lax.dynamic_update_slice(cache.valid, valid, (0, end))
+            if out is None and flash and n > 1:  # a prefill: into a fresh cache, else NaN
+                out = causal_attention(q, k, v, valid, cfg.attention_impl)
+                out = jnp.where(end == 0, out, jnp.nan).astype(out.dtype)
             if out is None:
                 slots = jnp.arange(k_all.shape[1])
                 upto = end + jnp.arange(n)  # query i sees slots <= end + i
                 mask = valid_all[:, None, :] & (slots[None, None, :] <= upto[None, :, None])
-                out = attention(q, k_all.astype(dt), v_all.astype(dt), mask, cfg.attention_impl)
+                out = attention(q, k_all.astype(dt), v_all.astype(dt), mask,
+                                "xla" if flash else cfg.attention_impl)
             new_cache = LayerCache(k_all, v_all, valid_all, end + n)
         out = out.reshape(b, n, h * dh)
         out = dense(cfg.width, ("heads", "embed"), use_bias=cfg.o_bias, dtype=dt,

@@ -1,11 +1,15 @@
 """Image-text pair model for stage-0 pretraining of a vision tower with the SigLIP loss.
 
-`ImageTextPair(vision, text, vocab_size, embed_dim)(images, text_tokens, text_valid)`
--> (image embeddings `[B, E]`, text embeddings `[B, E]`, logit scale, logit bias), embeddings
-L2-normalised. The image tower is an ordinary `ViT`, so its params drop into a VLM.
+`ImageTextPair(vision, text, vocab_size, embed_dim, patch_classes)(images, text_tokens,
+text_valid)` -> `PairOutput`: image and text embeddings `[B, E]` (L2-normalised), the logit
+scale and bias, and per head of `patch_classes` the patch-token logits `[B, P, classes]` of a
+linear probe on the tower's last layer (dense supervision of what each patch shows; empty
+when `patch_classes` is). The image tower is an ordinary `ViT`, so its params drop into a VLM.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -45,6 +49,14 @@ class TextTower(nn.Module):
         return (x * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
 
 
+class PairOutput(NamedTuple):
+    image: jax.Array  # [B, E]
+    text: jax.Array  # [B, E]
+    scale: jax.Array  # []
+    bias: jax.Array  # []
+    patch_logits: tuple[jax.Array, ...]  # per head [B, P, classes]
+
+
 class ImageTextPair(nn.Module):
     """SigLIP-style two-tower model (see module docstring)."""
 
@@ -52,15 +64,24 @@ class ImageTextPair(nn.Module):
     text: TextTowerConfig
     vocab_size: int
     embed_dim: int = 64
+    patch_classes: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, images: jax.Array, text_tokens: jax.Array, text_valid: jax.Array):
         dt = dtype_of(self.vision.dtype)
-        img = ViT(self.vision, name="image_tower")(images).pooled
+        out = ViT(self.vision, name="image_tower")(images)
+        img = out.pooled
+        patches = out.hidden_states[-1][:, 1:] if self.vision.class_token else \
+            out.hidden_states[-1]
+        patches = layer_norm(self.vision.norm_eps, dt, "patch_probe_norm")(patches) \
+            if self.patch_classes else patches
+        patch_logits = tuple(
+            dense(n, ("vis_embed", None), dtype=dt, name=f"patch_probe_{i}")(patches)
+            for i, n in enumerate(self.patch_classes))
         txt = TextTower(self.text, self.vocab_size, name="text_tower")(text_tokens, text_valid)
         img = dense(self.embed_dim, ("vis_embed", None), dtype=dt, name="image_proj")(img)
         txt = dense(self.embed_dim, ("vis_embed", None), dtype=dt, name="text_proj")(txt)
         norm = lambda z: z / jnp.linalg.norm(z.astype(jnp.float32), axis=-1, keepdims=True)
         t = self.param("logit_scale", nn.initializers.constant(jnp.log(10.0)), (), jnp.float32)
         b = self.param("logit_bias", nn.initializers.constant(-10.0), (), jnp.float32)
-        return norm(img), norm(txt), jnp.exp(t), b
+        return PairOutput(norm(img), norm(txt), jnp.exp(t), b, patch_logits)

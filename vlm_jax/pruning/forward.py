@@ -2,8 +2,9 @@
 
 `VLM.forward(..., prune=spec)` passes the decoder the `LayerHook` that `spec.hook(...)` builds;
 the decoder runs its one layer loop and calls the hook between layers. Before layer l, if
-`keep[l] < keep[l-1]`, the top-`keep[l]` visual tokens by the importance computed in layer l-1
-survive, in original order and with their original rotary positions; the others leave the
+`keep[l] < keep[l-1]`, the top-`keep[l]` visual tokens by the spec's score (the importance
+computed in layer l-1, or DART's duplication, or the random control: `SCORES`) survive, in
+original order and with their original rotary positions; the others leave the
 sequence (shapes shrink). Text and padding tokens are never removed, so every example keeps the
 same number of tokens and shapes stay static: one compile per schedule. With a cache (fresh,
 prefill), layer l's cache receives the `L - V + keep[l]` tokens present at layer l; see
@@ -22,8 +23,13 @@ import numpy as np
 from vlm_jax.kernels.importance_attention import last_token_weights, text_after_weights
 from vlm_jax.pruning import ops
 from vlm_jax.pruning.schedules import ScheduleError, validate
+from vlm_jax.pruning.selection import dart_scores, random_scores
 
 QUERY_SETS = ("last", "text")
+# What ranks the visual tokens at a drop: "attention" (the mass the query set pays them in the
+# layer before, from the importance kernel), "dart" (duplication of the hidden states: no
+# attention map) or "random" (the seeded control); see vlm_jax.pruning.selection.
+SCORES = ("attention", "dart", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,13 +39,18 @@ class PruneSpec:
     keep: visual tokens present at each decoder layer. query: the query set whose attention
     ranks visual tokens: "last" (the last real token, FastV code) or "text" (all text tokens
     after the image, prompt-aware). impl: one of `ops.IMPLS` for importance and compaction.
-    record: also return every layer's importance (diagnostics).
+    record: also return every layer's importance (diagnostics). score: one of `SCORES`; with
+    "dart" or "random" no layer computes importance (unless `record`), so every layer runs
+    plain attention, and `query` is unused. pivots: DART's pivot count; seed: random keep's.
     """
 
     keep: tuple[int, ...]
     query: str = "last"
     impl: str = "xla"
     record: bool = False
+    score: str = "attention"
+    pivots: int = 4
+    seed: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "keep", validate(self.keep, len(self.keep)))
@@ -48,6 +59,11 @@ class PruneSpec:
                              f"{self.query!r}")
         if self.impl not in ops.IMPLS:
             raise ValueError(f"unknown pruning impl {self.impl!r}; known: {list(ops.IMPLS)}")
+        if self.score not in SCORES:
+            raise ValueError(f"PruneSpec.score must be one of {list(SCORES)}, got "
+                             f"{self.score!r}")
+        if self.score == "dart" and self.pivots < 1:
+            raise ValueError(f"PruneSpec.pivots must be >= 1 for DART, got {self.pivots}")
 
     @property
     def num_visual(self) -> int:
@@ -151,9 +167,20 @@ class Pruner:
         return PruneState(self.visual, self.rows, index, ())
 
     def request(self, layer: int, state: PruneState) -> ops.ImportanceRequest | None:
-        if self.spec.record or self._drops_after(layer):
+        scores_here = self.spec.score == "attention" and self._drops_after(layer)
+        if self.spec.record or scores_here:
             return ops.ImportanceRequest(state.rows, self.spec.impl)
         return None
+
+    def _scores(self, layer: int, x: jax.Array, state: PruneState,
+                importance: jax.Array | None) -> jax.Array:
+        """`[B, L_l]` ranking of the tokens present after `layer` (higher = kept)."""
+        spec = self.spec
+        if spec.score == "dart":
+            return dart_scores(x, state.visual, min(spec.pivots, spec.keep[layer + 1]) or 1)
+        if spec.score == "random":
+            return random_scores(state.visual, spec.keep[layer], spec.seed + layer)
+        return importance
 
     def between(self, layer: int, x, positions, valid, state: PruneState,
                 importance: jax.Array | None) -> tuple[Any, ...]:
@@ -163,7 +190,7 @@ class Pruner:
             return x, positions, valid, state
         keep = self.spec.keep
         _, (x, positions, valid, visual, rows, index) = ops.select_and_compact(
-            importance, state.visual, keep[layer], keep[layer + 1],
+            self._scores(layer, x, state, importance), state.visual, keep[layer], keep[layer + 1],
             (x, positions, valid, state.visual, state.rows, state.index), self.spec.impl)
         return x, positions, valid, PruneState(visual, rows, index, recorded)
 

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vlm_jax import batch as batch_lib
 from vlm_jax import data as data_lib
 from vlm_jax import models
 
@@ -34,8 +35,11 @@ class Feed:
     def arrays(self, batch: dict) -> dict[str, np.ndarray]:
         """The numpy arrays the stage's train step consumes."""
         if self.stage == 0:
-            return {"images": batch["images"], "text_tokens": batch["tokens"],
-                    "text_valid": batch["loss_mask"] > 0}
+            out = {"images": batch["images"], "text_tokens": batch["tokens"],
+                   "text_valid": batch["loss_mask"] > 0}
+            if batch_lib.PATCH_LABELS in batch:
+                out[batch_lib.PATCH_LABELS] = batch[batch_lib.PATCH_LABELS]
+            return out
         arrays, _ = data_lib.split_batch(batch)
         return arrays
 
@@ -67,8 +71,11 @@ def make(config: ml_collections.ConfigDict, split: str = "train", mode: str = "t
     num_visual_tokens: image placeholders per prompt when the LLM gets another count than the
     model config makes (token reduction before the LLM, `vlm_jax.pruning.prellm`)."""
     vision = vision_of(config)
+    patch_grid = 0
     if config.stage == 0:
         num_visual, image_token_id = 0, None
+        if config.pair.get("patch_label_weight", 0.0) > 0:
+            patch_grid = vision.image_size // vision.patch_size
     else:
         cfg = models.from_dict(config.model)
         num_visual, image_token_id = cfg.num_visual_tokens, cfg.image_token_id
@@ -79,5 +86,5 @@ def make(config: ml_collections.ConfigDict, split: str = "train", mode: str = "t
         config.data, split=split, batch_size=local_batch, num_visual_tokens=num_visual,
         image_size=vision.image_size,
         normalization="clip" if vision.family == "clip" else "siglip",
-        image_token_id=image_token_id, seed=config.train.seed, mode=mode)
+        image_token_id=image_token_id, seed=config.train.seed, mode=mode, patch_grid=patch_grid)
     return Feed(loader, config.stage)

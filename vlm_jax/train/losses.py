@@ -1,4 +1,4 @@
-"""Losses: next-token cross-entropy on assistant tokens, SigLIP sigmoid loss."""
+"""Losses: next-token cross-entropy on assistant tokens, SigLIP sigmoid loss, patch labels."""
 
 from __future__ import annotations
 
@@ -30,3 +30,26 @@ def sigmoid_pair_loss(img: jax.Array, txt: jax.Array, scale: jax.Array, bias: ja
     loss = -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / img.shape[0]
     acc = jnp.mean(jnp.argmax(logits, axis=1) == jnp.arange(img.shape[0]))
     return loss, {"loss": loss, "retrieval_accuracy": acc}
+
+
+def patch_label_loss(logits: tuple[jax.Array, ...], labels: jax.Array, names: tuple[str, ...]
+                     ) -> tuple[jax.Array, dict]:
+    """Mean over heads of each head's class-balanced CE: half the mean over the patches with a
+    label (class > 0), half over those without (class 0 = nothing there), so the few patches
+    that show something are not drowned by the empty ones.
+
+    logits: per head `[B, P, classes]`; labels int `[B, P, heads]` -> (loss, metrics with
+    `<name>_accuracy` over the patches whose label is not 0).
+    """
+    total, metrics = 0.0, {}
+    for i, (head, name) in enumerate(zip(logits, names)):
+        target = labels[..., i]
+        ce = optax.softmax_cross_entropy_with_integer_labels(head.astype(jnp.float32), target)
+        on = (target > 0).astype(jnp.float32)
+        mean_on = (ce * on).sum() / jnp.maximum(on.sum(), 1.0)
+        mean_off = (ce * (1 - on)).sum() / jnp.maximum((1 - on).sum(), 1.0)
+        total = total + 0.5 * (mean_on + mean_off)
+        hit = (jnp.argmax(head, -1) == target) & (target > 0)
+        metrics[f"{name}_accuracy"] = hit.sum() / jnp.maximum((target > 0).sum(), 1)
+    loss = total / len(logits)
+    return loss, {"patch_loss": loss, **metrics}

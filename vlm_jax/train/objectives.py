@@ -1,6 +1,7 @@
 """What a training stage optimises: the module, its init inputs and its loss.
 
-Stage 0 trains an `ImageTextPair` with the SigLIP loss on caption pairs; stages 1 and 2 train
+Stage 0 trains an `ImageTextPair` with the SigLIP loss on caption pairs (plus, with
+`pair.patch_label_weight` > 0, the synthetic suite's per-patch labels); stages 1 and 2 train
 the VLM with next-token loss on assistant tokens (which parameters move is `optim.frozen`).
 The trainer is the same for all; a task only says what differs.
 """
@@ -17,9 +18,10 @@ import ml_collections
 
 from vlm_jax import batch as batch_lib
 from vlm_jax import models
+from vlm_jax.data.synthetic import PATCH_HEADS
 from vlm_jax.models.config import TextTowerConfig, ViTConfig, VLMConfig
 from vlm_jax.models.pair import ImageTextPair
-from vlm_jax.train.losses import next_token_loss, sigmoid_pair_loss
+from vlm_jax.train.losses import next_token_loss, patch_label_loss, sigmoid_pair_loss
 
 # Stage -> default regex of frozen parameter paths.
 FROZEN_BY_STAGE = {
@@ -65,21 +67,35 @@ def vlm_task(cfg: VLMConfig, seq_len: int, question_len: int) -> Task:
 
 
 def pair_task(vision: ViTConfig, text: TextTowerConfig, vocab_size: int, embed_dim: int,
-              caption_len: int) -> Task:
-    module = ImageTextPair(vision, text, vocab_size, embed_dim)
-    size = vision.image_size
+              caption_len: int, patch_label_weight: float = 0.0) -> Task:
+    """SigLIP on (image, caption) pairs; with `patch_label_weight` > 0 also a linear probe of
+    the tower's patch tokens on `patch_labels` (`vlm_jax.data.synthetic.PATCH_HEADS`)."""
+    classes = tuple(PATCH_HEADS.values()) if patch_label_weight > 0 else ()
+    module = ImageTextPair(vision, text, vocab_size, embed_dim, classes)
+    size, grid = vision.image_size, vision.image_size // vision.patch_size
+    keys = batch_lib.PAIR_KEYS + ((batch_lib.PATCH_LABELS,) if classes else ())
 
     def init_batch(b: int) -> dict:
-        return {"images": jnp.zeros((b, size, size, 3)),
-                "text_tokens": jnp.ones((b, caption_len), jnp.int32),
-                "text_valid": jnp.ones((b, caption_len), bool)}
+        batch = {"images": jnp.zeros((b, size, size, 3)),
+                 "text_tokens": jnp.ones((b, caption_len), jnp.int32),
+                 "text_valid": jnp.ones((b, caption_len), bool)}
+        if classes:
+            batch[batch_lib.PATCH_LABELS] = jnp.zeros((b, grid * grid, len(classes)), jnp.int32)
+        return batch
 
     def loss(params, batch):
-        img, txt, scale, bias = module.apply({"params": params},
-                                             **batch_lib.model_inputs(batch, batch_lib.PAIR_KEYS))
-        return sigmoid_pair_loss(img, txt, scale, bias)
+        out = module.apply({"params": params},
+                           **batch_lib.model_inputs(batch, batch_lib.PAIR_KEYS))
+        value, metrics = sigmoid_pair_loss(out.image, out.text, out.scale, out.bias)
+        if classes:
+            probe, probe_metrics = patch_label_loss(
+                out.patch_logits, batch[batch_lib.PATCH_LABELS], tuple(PATCH_HEADS))
+            value = value + patch_label_weight * probe
+            metrics = {**metrics, "siglip_loss": metrics["loss"], **probe_metrics,
+                       "loss": value}
+        return value, metrics
 
-    return Task(module, batch_lib.PAIR_KEYS, init_batch, loss, vision, batch_lib.PAIR_KEYS)
+    return Task(module, keys, init_batch, loss, vision, batch_lib.PAIR_KEYS)
 
 
 def make_task(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Task:
@@ -89,7 +105,8 @@ def make_task(config: ml_collections.ConfigDict, vocab_size: int | None = None) 
         vision = models.from_dict(dict(config.pair.vision, kind="vision"))
         text = models.from_dict(dict(config.pair.text, kind="text"))
         return pair_task(vision, text, vocab_size or config.pair.vocab_size,
-                         config.pair.embed_dim, config.data.max_text_len)
+                         config.pair.embed_dim, config.data.max_text_len,
+                         config.pair.get("patch_label_weight", 0.0))
     if config.stage in (1, 2):
         cfg = models.from_dict(config.model)
         return vlm_task(cfg, cfg.num_visual_tokens + config.data.max_text_len,

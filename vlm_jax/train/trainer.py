@@ -36,17 +36,20 @@ log = logging.getLogger(__name__)
 # Config keys a resumed run may change: they do not alter the trained parameters.
 RESUME_NEUTRAL = ("mode", "eval", "mesh", "sharding", "llm_name", "executor", "data.data_dir",
                   "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.async_ckpt",
-                  "train.activation_constraints", "train.allow_config_change")
+                  "train.activation_constraints", "train.allow_config_change",
+                  "train.compile_effort")
 
 
 def default_config() -> ml_collections.ConfigDict:
     """`activation_constraints`: "on" traces the step under the mesh, so the models' logical
     activation constraints apply; "off" leaves the activations' layout to XLA; "auto" is "on"
     when the mesh has tensor parallelism (measured on a 7B step, launch/README.md: 3.3x less
-    memory per chip with tp 4, 1.9x more with fsdp alone)."""
+    memory per chip with tp 4, 1.9x more with fsdp alone). `compile_effort`: XLA's
+    `exec_time_optimization_effort` for the step, in [-1, 1] (0: XLA's default); -1 compiled
+    the 7B step with 4x less CPU time and 3% more memory per chip (launch/README.md)."""
     return ml_collections.ConfigDict(dict(
         steps=100, batch_size=8, log_every=10, ckpt_every=50, keep_ckpts=2, async_ckpt=True,
-        seed=0, activation_constraints="auto",
+        seed=0, activation_constraints="auto", compile_effort=0.0,
         max_loss_ratio=10.0,  # loss guard: diverged above this x the running minimum (0: off)
         allow_config_change=False))  # resume despite result-altering config changes
 
@@ -144,8 +147,13 @@ class Trainer:
              "opt_state": opt_abstract}, self.state_shardings)
         self.batch_sh = {k: sharding.batch_sharding(self.mesh, self.rules, x.ndim)
                          for k, x in self.task.init_batch(1).items()}
+        effort = float(tcfg.compile_effort)
+        if not -1.0 <= effort <= 1.0:
+            raise ValueError(f"config.train.compile_effort must be in [-1, 1], got {effort!r}")
         self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sh),
-                             out_shardings=(self.state_shardings, None), donate_argnums=0)
+                             out_shardings=(self.state_shardings, None), donate_argnums=0,
+                             compiler_options={"exec_time_optimization_effort": effort}
+                             if effort else None)
 
     def _train_step(self, state, batch):
         """Traced under `jax.set_mesh(self.mesh)` (see `_mesh_context`), so the models'
