@@ -69,16 +69,12 @@ def _leaf_checksum(x: jax.Array) -> jax.Array:
     return jnp.sum(bits * weight, dtype=jnp.uint32)
 
 
-# Jitted per leaf, not per tree: one small program per (shape, dtype, sharding), shared by
-# every state with such a leaf (a whole-tree program compiled anew for each state's structure:
-# 3-4 s per save on the CPU rehearsal's tiny states, 8 of them).
-_checksum = jax.jit(_leaf_checksum)
+_checksums = jax.jit(lambda tree: jax.tree_util.tree_map(_leaf_checksum, tree))
 
 
 def state_checksums(tree: Any) -> dict[str, int]:
     """{leaf path: uint32 content checksum} of a pytree of (possibly sharded) arrays."""
-    sums = jax.device_get(jax.tree_util.tree_map(_checksum, tree))
-    return {k: int(v) for k, v in _flat(sums).items()}
+    return {k: int(v) for k, v in _flat(jax.device_get(_checksums(tree))).items()}
 
 
 def _iterator_digest(iterator) -> str:
