@@ -75,7 +75,7 @@ def test_indivisible_parameter_is_named_before_compiling():
 
 
 def test_indivisible_batch_and_bad_topology_are_errors():
-    with pytest.raises(ValueError, match=r"batch\['image'\]: shape \(6, 32, 32, 3\).*not "
+    with pytest.raises(ValueError, match=r"batch\['images'\]: shape \(6, 32, 32, 3\).*not "
                                          r"divisible by data=1 x fsdp=4"):
         c = tiny_fsdp_tp()
         c.mesh = {"fsdp": 4}
