@@ -1,28 +1,17 @@
 """Evaluation: batch-size invariance of greedy answers, scoring wired to the metrics."""
 
-import os
-import sys
-
 import jax
 import numpy as np
 import pytest
+from tiny_eval import scaled_tiny_vlm
 
 from vlm_jax import data, models
 from vlm_jax.eval import evaluator
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import tiny_vlm  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    c = tiny_vlm.get_config(f"llm=s,V=4,res=32,data_dir={tmp_path_factory.mktemp('tfds')}")
-    c.data.synthetic.update(num_train=16, num_validation=16, num_test=24)
-    cfg = models.from_dict(c.model)
-    # Larger random weights than the init's so greedy answers vary with the input.
-    params = jax.tree_util.tree_map(lambda x: 10 * x, models.init_params(cfg, 0))
-    return c, cfg, params
+    return scaled_tiny_vlm(tmp_path_factory.mktemp("tfds"), 16, 24, scale=10)
 
 
 def _loader(c, cfg, batch_size):

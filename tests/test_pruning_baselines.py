@@ -1,13 +1,12 @@
 """Pruning baselines and controls against hand-computed small cases (tiny models)."""
 
 import dataclasses
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_eval import scaled_tiny_vlm
 
 from vlm_jax import data, models
 from vlm_jax.eval import generate
@@ -24,9 +23,6 @@ from vlm_jax.pruning.prellm import (
     visionzip_select,
 )
 from vlm_jax.pruning.selection import PIVOT_SCORE, dart_scores, random_scores
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "configs"))
 
 
 @pytest.fixture(scope="module")
@@ -351,13 +347,8 @@ def test_pruned_answers_do_not_depend_on_the_batch(model, name):
 
 @pytest.fixture(scope="module")
 def eval_setup(tmp_path_factory):
-    import tiny_vlm
-    c = tiny_vlm.get_config(f"llm=s,V=4,res=32,data_dir={tmp_path_factory.mktemp('tfds')}")
-    c.data.synthetic.update(num_train=16, num_validation=8, num_test=16)
-    cfg = models.from_dict(c.model)
     # 3x the init: greedy answers vary with the input, and the schedules change some of them
-    params = jax.tree_util.tree_map(lambda x: 3 * x, models.init_params(cfg, 0))
-    return c, cfg, params
+    return scaled_tiny_vlm(tmp_path_factory.mktemp("tfds"), 8, 16, scale=3)
 
 
 @pytest.mark.parametrize("score", ["attention", "dart", "random"])
