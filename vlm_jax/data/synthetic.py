@@ -154,7 +154,7 @@ PATCH_HEADS = {"color": len(scenes.COLORS) + 1, "shape": len(scenes.SHAPES) + 1,
 
 def patch_labels(scene: str, grid: int) -> np.ndarray:
     """int32 `[grid * grid, len(PATCH_HEADS)]`: for each patch of a `grid x grid` patch grid
-    (row-major), the class of what its centre falls on, per head of `PATCH_HEADS`.
+    (row-major), the class of what the patch shows, per head of `PATCH_HEADS`.
 
     A scene object labels the patches its bounding square overlaps (its colour, shape and
     size; 1-based, 0 = nothing); an OCR character labels the patches whose centres lie in its

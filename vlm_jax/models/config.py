@@ -15,8 +15,8 @@ from typing import Any
 # vlm_jax.models.layers.flash_causal_attention) or "flash_interpret" (the same kernel through
 # the Pallas interpreter, any backend: for tests). The pruning kernels' own vocabulary is
 # vlm_jax.kernels.dispatch.IMPLS.
-ATTENTION_IMPLS = ("xla", "cudnn", "flash", "flash_interpret")
 FLASH_IMPLS = ("flash", "flash_interpret")
+ATTENTION_IMPLS = ("xla", "cudnn") + FLASH_IMPLS
 # What each compressor reads besides the selected layer's features `x` (the one table; the
 # compressors, the FLOPs counts and `VLMConfig.uses_text_query` read it through
 # `CompressorConfig.reads_multi` / `reads_text`): "multi", several encoder layers (`x_multi`);

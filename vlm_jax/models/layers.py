@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlm_jax.models.config import FLASH_IMPLS
+
 Axes = tuple[str | None, ...]
 
 ACTIVATIONS = {
@@ -184,7 +186,7 @@ def flash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.
     from jax.experimental.pallas.ops.gpu.attention import BlockSizes, mha
 
     from vlm_jax.kernels.dispatch import resolve, round_up
-    if impl not in ("flash", "flash_interpret"):
+    if impl not in FLASH_IMPLS:
         raise ValueError(f"flash_causal_attention: impl={impl!r} is not 'flash' or "
                          "'flash_interpret'")
     plan = resolve("flash attention", "pallas" if impl == "flash" else "pallas_interpret",
@@ -206,7 +208,7 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
     """Causal self-attention of a call's own tokens, padded keys hidden: q `[B, L, H, Dh]`,
     k, v `[B, L, KV, Dh]`, valid `[B, L]` -> `[B, L, H, Dh]`, on `LLMConfig.attention_impl`
     (the flash impls build no `[L, L]` array; the others go through `attention`)."""
-    if impl in ("flash", "flash_interpret"):
+    if impl in FLASH_IMPLS:
         return flash_causal_attention(q, k, v, valid, impl)
     return attention(q, k, v, causal_mask(valid), impl)
 
